@@ -1,0 +1,205 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Every key family of the store, one prefix byte each. Integers are
+// fixed-width big-endian so that byte order is numeric order. Strings inside
+// keys (tenant, conversation, channel, recipient) never contain 0x00: the
+// store rejects them, so 0x00 can end them. Message ids are ULIDs in their
+// 26-character text form.
+//
+// Changing the shape of any key or the encoding of any value requires a new
+// schemaVersion.
+const (
+	// prefixMeta | name → value. Names: "schema" → uint32.
+	prefixMeta byte = 0x01
+	// prefixMessage | id[26] → storev1.Message. Written once, at Accept.
+	prefixMessage byte = 0x02
+	// prefixDelivery | id[26] → storev1.Delivery. The message's state.
+	prefixDelivery byte = 0x03
+	// prefixRecovery | kind[1] | ... → channel | 0x00 | tenant | 0x00 | conversation.
+	// The recovery index: every non-terminal message is in it exactly once,
+	// under one kind:
+	//   recoveryDue     | due[8] | id[26]     PENDING, leasable from due
+	//   recoveryLeased  | expiry[8] | id[26]  IN_FLIGHT until its lease expires
+	//   recoveryUnknown | since[8] | id[26]   UNKNOWN, awaiting its policy
+	//   recoveryBlocked | id[26]              PENDING behind an earlier message
+	//                                         of its conversation
+	// Terminal states are never in it: leaving it and entering a terminal
+	// state happen in one batch.
+	prefixRecovery byte = 0x04
+	// prefixIdempotency | tenant | 0x00 | key → id.
+	prefixIdempotency byte = 0x05
+	// prefixConvSeq | tenant | 0x00 | conversation | 0x00 → last sequence[8].
+	prefixConvSeq byte = 0x06
+	// prefixConvActive | tenant | 0x00 | conversation | 0x00 | seq[8] → id.
+	// The conversation's non-terminal messages; the first is its head.
+	prefixConvActive byte = 0x07
+	// prefixConvHistory | tenant | 0x00 | conversation | 0x00 | seq[8] → id.
+	prefixConvHistory byte = 0x08
+	// prefixRecipient | tenant | 0x00 | channel | 0x00 | recipient | 0x00 | id[26] → empty.
+	prefixRecipient byte = 0x09
+	// prefixEvent | seq[8] → storev1.Event. The global event log, gap-free.
+	prefixEvent byte = 0x0a
+	// prefixTimeline | id[26] | seq[8] → storev1.Event. One message's events.
+	prefixTimeline byte = 0x0b
+	// prefixDeadLetter | failedAt[8] | id[26] → empty. FAILED messages.
+	prefixDeadLetter byte = 0x0c
+	// prefixCount | state[1] → int64 little-endian, combined by the counter
+	// merge operator. Messages per state.
+	prefixCount byte = 0x0d
+)
+
+// Kinds of recovery-index entries.
+const (
+	recoveryDue     byte = 1
+	recoveryLeased  byte = 2
+	recoveryUnknown byte = 3
+	recoveryBlocked byte = 4
+)
+
+// schemaVersion is the on-disk format this build reads and writes.
+const schemaVersion uint32 = 1
+
+const idLen = 26
+
+var metaSchemaKey = []byte{prefixMeta, 's', 'c', 'h', 'e', 'm', 'a'}
+
+func messageKey(id string) []byte  { return idKey(prefixMessage, id) }
+func deliveryKey(id string) []byte { return idKey(prefixDelivery, id) }
+
+func idKey(prefix byte, id string) []byte {
+	k := make([]byte, 0, 1+len(id))
+	return append(append(k, prefix), id...)
+}
+
+func recoveryKey(kind byte, at int64, id string) []byte {
+	k := make([]byte, 0, 2+8+len(id))
+	k = append(k, prefixRecovery, kind)
+	if kind != recoveryBlocked {
+		k = binary.BigEndian.AppendUint64(k, uint64(at))
+	}
+	return append(k, id...)
+}
+
+// parseRecoveryKey splits a recovery-index key into its kind, time and id.
+func parseRecoveryKey(k []byte) (kind byte, at int64, id string, err error) {
+	if len(k) < 2 || k[0] != prefixRecovery {
+		return 0, 0, "", fmt.Errorf("recovery key %x: bad prefix", k)
+	}
+	kind = k[1]
+	rest := k[2:]
+	if kind != recoveryBlocked {
+		if len(rest) != 8+idLen {
+			return 0, 0, "", fmt.Errorf("recovery key %x: bad length", k)
+		}
+		at = int64(binary.BigEndian.Uint64(rest))
+		rest = rest[8:]
+	}
+	if len(rest) != idLen {
+		return 0, 0, "", fmt.Errorf("recovery key %x: bad length", k)
+	}
+	return kind, at, string(rest), nil
+}
+
+// recoveryValue is what a recovery-index entry carries, so that leasing can
+// respect channel limits and conversation locks without reading the message.
+func recoveryValue(channel, tenant, conversation string) []byte {
+	v := make([]byte, 0, len(channel)+len(tenant)+len(conversation)+2)
+	v = append(v, channel...)
+	v = append(v, 0)
+	v = append(v, tenant...)
+	v = append(v, 0)
+	return append(v, conversation...)
+}
+
+func parseRecoveryValue(v []byte) (channel, tenant, conversation string, err error) {
+	parts := splitNul(v, 3)
+	if parts == nil {
+		return "", "", "", fmt.Errorf("recovery value %q: want 3 fields", v)
+	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+func splitNul(v []byte, n int) []string {
+	out := make([]string, 0, n)
+	start := 0
+	for i, b := range v {
+		if b == 0 {
+			out = append(out, string(v[start:i]))
+			start = i + 1
+		}
+	}
+	out = append(out, string(v[start:]))
+	if len(out) != n {
+		return nil
+	}
+	return out
+}
+
+func idempotencyKey(tenant, key string) []byte {
+	k := make([]byte, 0, 2+len(tenant)+len(key))
+	k = append(k, prefixIdempotency)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	return append(k, key...)
+}
+
+// convPrefix is tenant | 0x00 | conversation | 0x00 under a family prefix.
+func convPrefix(prefix byte, tenant, conversation string) []byte {
+	k := make([]byte, 0, 3+len(tenant)+len(conversation)+8)
+	k = append(k, prefix)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	k = append(k, conversation...)
+	return append(k, 0)
+}
+
+func convSeqKey(tenant, conversation string) []byte {
+	return convPrefix(prefixConvSeq, tenant, conversation)
+}
+
+func convSeqEntryKey(prefix byte, tenant, conversation string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(convPrefix(prefix, tenant, conversation), seq)
+}
+
+func recipientPrefix(tenant, channel, recipient string) []byte {
+	k := make([]byte, 0, 4+len(tenant)+len(channel)+len(recipient)+idLen)
+	k = append(k, prefixRecipient)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	k = append(k, channel...)
+	k = append(k, 0)
+	k = append(k, recipient...)
+	return append(k, 0)
+}
+
+func eventKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixEvent}, seq)
+}
+
+func timelineKey(id string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(idKey(prefixTimeline, id), seq)
+}
+
+func deadLetterKey(at int64, id string) []byte {
+	k := binary.BigEndian.AppendUint64([]byte{prefixDeadLetter}, uint64(at))
+	return append(k, id...)
+}
+
+func countKey(state byte) []byte { return []byte{prefixCount, state} }
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,196 @@
+package store
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/google/btree"
+)
+
+// entry is one recovery-index entry held in memory.
+type entry struct {
+	at           int64 // due time, lease expiry or unknown-since
+	id           string
+	channel      string
+	tenant       string
+	conversation string
+}
+
+func entryLess(a, b entry) bool {
+	if a.at != b.at {
+		return a.at < b.at
+	}
+	return a.id < b.id
+}
+
+// memIndex mirrors the durable recovery index so that leasing and the lease
+// sweep never scan Pebble, where the tombstones of finished messages would
+// make every scan as slow as the history is long. It is rebuilt from Pebble
+// at Open and changed only after the batch that changed the durable index has
+// committed, under the stripe lock of the message's conversation, so it never
+// shows an entry that is not durable. It is a hint: every transition re-reads
+// and checks the durable state before writing.
+type memIndex struct {
+	mu      sync.Mutex
+	due     *btree.BTreeG[entry] // PENDING, by due time
+	leased  *btree.BTreeG[entry] // IN_FLIGHT, by lease expiry
+	unknown *btree.BTreeG[entry] // UNKNOWN, by since
+	blocked int                  // PENDING behind an earlier message
+	wake    chan struct{}        // closed and replaced when due work is added
+	closed  bool
+}
+
+func newMemIndex() *memIndex {
+	return &memIndex{
+		due:     btree.NewG(32, entryLess),
+		leased:  btree.NewG(32, entryLess),
+		unknown: btree.NewG(32, entryLess),
+		wake:    make(chan struct{}),
+	}
+}
+
+func (x *memIndex) tree(kind byte) *btree.BTreeG[entry] {
+	switch kind {
+	case recoveryDue:
+		return x.due
+	case recoveryLeased:
+		return x.leased
+	case recoveryUnknown:
+		return x.unknown
+	}
+	return nil
+}
+
+// change is one edit of the recovery index, applied to memory after commit.
+type change struct {
+	add  bool
+	kind byte
+	e    entry
+}
+
+// apply applies committed edits.
+func (x *memIndex) apply(changes []change) {
+	if len(changes) == 0 {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	woke := false
+	for _, c := range changes {
+		if c.kind == recoveryBlocked {
+			if c.add {
+				x.blocked++
+			} else {
+				x.blocked--
+			}
+			continue
+		}
+		t := x.tree(c.kind)
+		if c.add {
+			t.ReplaceOrInsert(c.e)
+			woke = woke || c.kind == recoveryDue
+		} else {
+			t.Delete(c.e)
+		}
+	}
+	if woke && !x.closed {
+		close(x.wake)
+		x.wake = make(chan struct{})
+	}
+}
+
+// size is the number of entries, every kind together.
+func (x *memIndex) size() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.due.Len() + x.leased.Len() + x.unknown.Len() + x.blocked
+}
+
+// takeDue removes and returns up to max due entries (at ≤ now), skipping
+// channels without free slots. Taken entries are the caller's to lease; if
+// leasing one fails, whoever changed its state owns its index entry.
+func (x *memIndex) takeDue(now int64, max int, slots map[string]uint32) ([]entry, <-chan struct{}) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []entry
+	used := map[string]uint32{}
+	x.due.Ascend(func(e entry) bool {
+		if e.at > now || len(out) >= max {
+			return false
+		}
+		if free, limited := slots[e.channel]; limited && used[e.channel] >= free {
+			return true
+		}
+		used[e.channel]++
+		out = append(out, e)
+		return true
+	})
+	for _, e := range out {
+		x.due.Delete(e)
+	}
+	return out, x.wake
+}
+
+// nextDue returns the earliest due time, if any.
+func (x *memIndex) nextDue() (int64, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.due.Min()
+	return e.at, ok
+}
+
+// expired returns up to max leased entries whose lease expired at or before now.
+func (x *memIndex) expired(now int64, max int) []entry {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []entry
+	x.leased.Ascend(func(e entry) bool {
+		if e.at > now || len(out) >= max {
+			return false
+		}
+		out = append(out, e)
+		return true
+	})
+	return out
+}
+
+func (x *memIndex) close() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !x.closed {
+		x.closed = true
+		close(x.wake)
+	}
+}
+
+// loadIndex rebuilds the in-memory index from the durable recovery index.
+// Its cost follows the number of non-terminal messages.
+func (s *Store) loadIndex() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
+	if err != nil {
+		return fmt.Errorf("load recovery index: %w", err)
+	}
+	defer it.Close()
+	var changes []change
+	for ok := it.First(); ok; ok = it.Next() {
+		kind, at, id, err := parseRecoveryKey(it.Key())
+		if err != nil {
+			return fmt.Errorf("load recovery index: %w", err)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("load recovery index: %w", err)
+		}
+		ch, tenant, conv, err := parseRecoveryValue(v)
+		if err != nil {
+			return fmt.Errorf("load recovery index: %w", err)
+		}
+		changes = append(changes, change{add: true, kind: kind, e: entry{at: at, id: id, channel: ch, tenant: tenant, conversation: conv}})
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("load recovery index: %w", err)
+	}
+	s.index.apply(changes)
+	return nil
+}

@@ -1,0 +1,469 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// Event types written to the event log.
+const (
+	EventAccepted     = "message.accepted"
+	EventLeased       = "delivery.leased"
+	EventDelivered    = "delivery.succeeded"
+	EventRetry        = "delivery.retry"
+	EventFailed       = "delivery.failed"
+	EventUnknown      = "delivery.unknown"
+	EventRedeliver    = "delivery.redeliver"
+	EventDeadLettered = "message.dead_lettered"
+	EventExpired      = "message.expired"
+	EventAborted      = "message.aborted"
+	EventRedriven     = "message.redriven"
+)
+
+// Reasons recorded on terminal states.
+const (
+	ReasonOutcomeUnknown = "outcome_unknown"
+	ReasonExpired        = "ttl_expired"
+)
+
+// Accepted is the answer to Accept.
+type Accepted struct {
+	Message  *storev1.Message
+	Delivery *storev1.Delivery
+	// Duplicate is true when the idempotency key matched an earlier message;
+	// nothing was written.
+	Duplicate bool
+}
+
+// Accept makes a new message durable with its idempotency key, conversation
+// sequence, recovery-index entry, history entries and event, in one synced
+// batch. m.Id, Tenant, Channel and Recipient are required; an empty
+// Conversation becomes the recipient. Accept sets m.Sequence and
+// m.AcceptedAtUnixNano. Errors: ErrInvalid, ErrExists, ErrFull, ErrClosed.
+func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
+	if s.closed.Load() {
+		return Accepted{}, ErrClosed
+	}
+	if err := validateMessage(m); err != nil {
+		return Accepted{}, err
+	}
+	if m.Conversation == "" {
+		m.Conversation = m.Recipient
+	}
+	stripes := lockSet{s.stripe(m.Tenant, m.Conversation)}
+	if m.IdempotencyKey != "" {
+		stripes = append(stripes, s.idemStripe(m.Tenant, m.IdempotencyKey))
+	}
+	stripes = s.lock(stripes)
+	defer s.unlock(stripes)
+
+	if m.IdempotencyKey != "" {
+		v, closer, err := s.db.Get(idempotencyKey(m.Tenant, m.IdempotencyKey))
+		switch {
+		case err == nil:
+			id := string(v)
+			closer.Close()
+			orig, err := s.getMessage(id)
+			if err != nil {
+				return Accepted{}, fmt.Errorf("idempotency key points to %s: %w", id, err)
+			}
+			d, err := s.getDelivery(id)
+			if err != nil {
+				return Accepted{}, fmt.Errorf("idempotency key points to %s: %w", id, err)
+			}
+			return Accepted{Message: orig, Delivery: d, Duplicate: true}, nil
+		case !errors.Is(err, pebble.ErrNotFound):
+			return Accepted{}, fmt.Errorf("read idempotency key: %w", err)
+		}
+	}
+	if s.index.size() >= s.max {
+		return Accepted{}, fmt.Errorf("%w: %d messages are not yet delivered", ErrFull, s.max)
+	}
+	if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
+		closer.Close()
+		return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return Accepted{}, fmt.Errorf("read message %s: %w", m.Id, err)
+	}
+
+	t := s.newTxn()
+	defer t.close()
+	last, err := s.lastSequence(m.Tenant, m.Conversation)
+	if err != nil {
+		return Accepted{}, err
+	}
+	head, err := t.head(m.Tenant, m.Conversation)
+	if err != nil {
+		return Accepted{}, fmt.Errorf("read conversation head: %w", err)
+	}
+	m.Sequence = last + 1
+	m.AcceptedAtUnixNano = t.now
+	d := &storev1.Delivery{State: storev1.State_STATE_PENDING}
+	if head != "" {
+		d.Blocked = true
+	} else {
+		d.DueUnixNano = t.now
+	}
+	t.b.Set(messageKey(m.Id), mustMarshal(m), nil)
+	t.insert(m, d)
+	if m.IdempotencyKey != "" {
+		t.b.Set(idempotencyKey(m.Tenant, m.IdempotencyKey), []byte(m.Id), nil)
+	}
+	t.b.Set(convSeqKey(m.Tenant, m.Conversation), seqBytes(m.Sequence), nil)
+	t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
+	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
+	t.b.Set(append(recipientPrefix(m.Tenant, m.Channel, m.Recipient), m.Id...), nil, nil)
+	t.event(EventAccepted, m, d, "", "")
+	t.commit()
+	return Accepted{Message: m, Delivery: d}, nil
+}
+
+func (s *Store) lastSequence(tenant, conversation string) (uint64, error) {
+	v, closer, err := s.db.Get(convSeqKey(tenant, conversation))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read conversation sequence: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("conversation sequence of %d bytes", len(v))
+	}
+	return uint64FromBytes(v), nil
+}
+
+func validateMessage(m *storev1.Message) error {
+	if _, err := ulid.ParseStrict(m.GetId()); err != nil || len(m.GetId()) != idLen {
+		return fmt.Errorf("%w: id %q is not a ULID", ErrInvalid, m.GetId())
+	}
+	for _, f := range []struct{ name, v string }{
+		{"tenant", m.GetTenant()}, {"channel", m.GetChannel()}, {"recipient", m.GetRecipient()},
+	} {
+		if f.v == "" {
+			return fmt.Errorf("%w: %s is required", ErrInvalid, f.name)
+		}
+	}
+	for _, f := range []struct{ name, v string }{
+		{"tenant", m.GetTenant()}, {"channel", m.GetChannel()}, {"recipient", m.GetRecipient()},
+		{"conversation", m.GetConversation()}, {"idempotency key", m.GetIdempotencyKey()},
+	} {
+		if strings.IndexByte(f.v, 0) >= 0 {
+			return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalid, f.name)
+		}
+	}
+	return nil
+}
+
+// Leased is a message handed to a worker, with the delivery that holds its
+// lease token.
+type Leased struct {
+	Message  *storev1.Message
+	Delivery *storev1.Delivery
+}
+
+// Lease moves up to max due PENDING messages to IN_FLIGHT under new lease
+// tokens and returns them; expired messages become EXPIRED instead. slots
+// limits channels (a channel absent from slots is limited by max only). The
+// whole lease batch is one synced commit. An empty result is not an error:
+// wait on DueSignal and call again.
+func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[string]uint32) ([]Leased, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	now := s.now().UnixNano()
+	entries, _ := s.index.takeDue(now, max, slots)
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	stripes := make(lockSet, 0, len(entries))
+	for _, e := range entries {
+		stripes = append(stripes, s.stripe(e.tenant, e.conversation))
+	}
+	stripes = s.lock(stripes)
+	defer s.unlock(stripes)
+
+	t := s.newTxn()
+	defer t.close()
+	out := make([]Leased, 0, len(entries))
+	for _, e := range entries {
+		d, err := t.delivery(e.id)
+		if err != nil {
+			// Put back what was not leased; the durable index still has it.
+			s.index.apply(readd(entries))
+			return nil, err
+		}
+		if d.GetState() != storev1.State_STATE_PENDING || d.GetBlocked() || d.GetDueUnixNano() != e.at {
+			continue // changed since it was indexed; its new place is indexed
+		}
+		m, err := s.getMessage(e.id)
+		if err != nil {
+			s.index.apply(readd(entries))
+			return nil, err
+		}
+		next := proto.CloneOf(d)
+		if exp := m.GetExpiresAtUnixNano(); exp != 0 && t.now >= exp {
+			next.State = storev1.State_STATE_EXPIRED
+			next.Reason = ReasonExpired
+			if err := t.transition(m, d, next); err != nil {
+				return nil, err
+			}
+			t.event(EventExpired, m, next, "DLV_004", "time-to-live passed before delivery")
+			continue
+		}
+		next.State = storev1.State_STATE_IN_FLIGHT
+		next.Attempts++
+		next.LeaseToken++
+		next.LeaseExpiresUnixNano = t.now + leaseFor.Nanoseconds()
+		if err := t.transition(m, d, next); err != nil {
+			return nil, err
+		}
+		t.event(EventLeased, m, next, "", worker)
+		out = append(out, Leased{Message: m, Delivery: next})
+	}
+	t.commit()
+	return out, nil
+}
+
+func readd(entries []entry) []change {
+	out := make([]change, len(entries))
+	for i, e := range entries {
+		out[i] = change{add: true, kind: recoveryDue, e: e}
+	}
+	return out
+}
+
+// DueSignal returns the earliest due time of PENDING work (ok=false when
+// there is none) and a channel closed when new due work is indexed.
+func (s *Store) DueSignal() (next time.Time, ok bool, changed <-chan struct{}) {
+	s.index.mu.Lock()
+	changed = s.index.wake
+	s.index.mu.Unlock()
+	at, ok := s.index.nextDue()
+	return time.Unix(0, at), ok, changed
+}
+
+// Result is what a delivery attempt came to.
+type Result int
+
+const (
+	ResultDelivered Result = iota + 1
+	ResultRetry
+	ResultFailed
+	ResultUnknown
+)
+
+// Outcome is one attempt's result, fenced by the lease token it ran under.
+type Outcome struct {
+	MessageID  string
+	LeaseToken uint64
+	Result     Result
+	// ProviderMessageID is required with ResultDelivered.
+	ProviderMessageID string
+	// RetryAt is when a ResultRetry message is next due.
+	RetryAt     time.Time
+	ErrorCode   string
+	ErrorDetail string
+	Reason      string // with ResultFailed: why it is dead-lettered
+	TraceID     string
+	SpanID      string
+}
+
+// Applied reports, per outcome, whether Complete applied it.
+type Applied struct {
+	MessageID string
+	Applied   bool
+	Reason    string
+}
+
+// Complete records outcomes in one synced batch. Each is a compare-and-set
+// on (IN_FLIGHT, lease token): a stale or repeated outcome is not applied and
+// changes nothing, so a batch can be retried whole.
+func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	msgs := make([]*storev1.Message, len(outcomes))
+	res := make([]Applied, len(outcomes))
+	stripes := make(lockSet, 0, len(outcomes))
+	for i, o := range outcomes {
+		res[i].MessageID = o.MessageID
+		m, err := s.getMessage(o.MessageID)
+		if errors.Is(err, ErrNotFound) {
+			res[i].Reason = "no such message"
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		msgs[i] = m
+		stripes = append(stripes, s.stripe(m.Tenant, m.Conversation))
+	}
+	stripes = s.lock(stripes)
+	defer s.unlock(stripes)
+
+	t := s.newTxn()
+	defer t.close()
+	for i, o := range outcomes {
+		m := msgs[i]
+		if m == nil {
+			continue
+		}
+		d, err := t.delivery(m.Id)
+		if err != nil {
+			return nil, err
+		}
+		if d.GetState() != storev1.State_STATE_IN_FLIGHT || d.GetLeaseToken() != o.LeaseToken {
+			res[i].Reason = fmt.Sprintf("stale lease: message is %s with lease %d, outcome has lease %d",
+				d.GetState(), d.GetLeaseToken(), o.LeaseToken)
+			continue
+		}
+		if o.Result == ResultDelivered && o.ProviderMessageID == "" {
+			res[i].Reason = "delivered without a provider message id (DLV_003); left to lease expiry"
+			continue
+		}
+		if err := t.applyOutcome(m, d, o); err != nil {
+			return nil, err
+		}
+		res[i].Applied = true
+	}
+	t.commit()
+	return res, nil
+}
+
+func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) error {
+	next := proto.CloneOf(d)
+	next.LeaseExpiresUnixNano = 0
+	var ev *storev1.Event
+	switch o.Result {
+	case ResultDelivered:
+		next.State = storev1.State_STATE_DELIVERED
+		next.ProviderMessageId = o.ProviderMessageID
+		if err := t.transition(m, d, next); err != nil {
+			return err
+		}
+		ev = t.event(EventDelivered, m, next, "", o.ProviderMessageID)
+	case ResultRetry:
+		next.State = storev1.State_STATE_PENDING
+		next.DueUnixNano = o.RetryAt.UnixNano()
+		next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
+		if err := t.transition(m, d, next); err != nil {
+			return err
+		}
+		ev = t.event(EventRetry, m, next, o.ErrorCode, o.ErrorDetail)
+	case ResultFailed:
+		next.State = storev1.State_STATE_FAILED
+		next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
+		next.Reason = o.Reason
+		if next.Reason == "" {
+			next.Reason = o.ErrorCode
+		}
+		if err := t.transition(m, d, next); err != nil {
+			return err
+		}
+		ev = t.event(EventFailed, m, next, o.ErrorCode, o.ErrorDetail)
+		t.event(EventDeadLettered, m, next, o.ErrorCode, next.Reason)
+	case ResultUnknown:
+		next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
+		return t.unknown(m, d, next, o.ErrorCode, o.ErrorDetail, o.TraceID, o.SpanID)
+	default:
+		return fmt.Errorf("%w: outcome result %d", ErrInvalid, o.Result)
+	}
+	if o.TraceID != "" {
+		ev.TraceId, ev.SpanId = o.TraceID, o.SpanID
+	}
+	return nil
+}
+
+// unknown moves an IN_FLIGHT message whose outcome is unknown into UNKNOWN
+// and applies its channel's policy in the same batch. It never makes it
+// PENDING unless the channel's sink deduplicates (PolicyRedeliver).
+func (t *txn) unknown(m *storev1.Message, d, next *storev1.Delivery, code, detail, traceID, spanID string) error {
+	next.State = storev1.State_STATE_UNKNOWN
+	next.UnknownSinceUnixNano = t.now
+	next.LeaseExpiresUnixNano = 0
+	ev := t.event(EventUnknown, m, next, code, detail)
+	if traceID != "" {
+		ev.TraceId, ev.SpanId = traceID, spanID
+	}
+	final := proto.CloneOf(next)
+	switch t.s.policy(m.GetChannel()) {
+	case PolicyRedeliver:
+		final.State = storev1.State_STATE_PENDING
+		final.DueUnixNano = t.now
+		final.UnknownSinceUnixNano = 0
+		if err := t.transition(m, d, final); err != nil {
+			return err
+		}
+		t.event(EventRedeliver, m, final, code, "the sink deduplicates by message id")
+	case PolicyFail:
+		final.State = storev1.State_STATE_FAILED
+		final.Reason = ReasonOutcomeUnknown
+		final.UnknownSinceUnixNano = 0
+		if err := t.transition(m, d, final); err != nil {
+			return err
+		}
+		t.event(EventDeadLettered, m, final, code, ReasonOutcomeUnknown)
+	default:
+		return t.transition(m, d, next)
+	}
+	return nil
+}
+
+// ExpireLeases moves up to max IN_FLIGHT messages whose lease expired to
+// UNKNOWN and applies their channel's policy, in one synced batch. It
+// returns how many it moved.
+func (s *Store) ExpireLeases(max int) (int, error) {
+	if s.closed.Load() {
+		return 0, ErrClosed
+	}
+	entries := s.index.expired(s.now().UnixNano(), max)
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	stripes := make(lockSet, 0, len(entries))
+	for _, e := range entries {
+		stripes = append(stripes, s.stripe(e.tenant, e.conversation))
+	}
+	stripes = s.lock(stripes)
+	defer s.unlock(stripes)
+	t := s.newTxn()
+	defer t.close()
+	n := 0
+	for _, e := range entries {
+		d, err := t.delivery(e.id)
+		if err != nil {
+			return 0, err
+		}
+		if d.GetState() != storev1.State_STATE_IN_FLIGHT || d.GetLeaseExpiresUnixNano() != e.at {
+			continue
+		}
+		m, err := s.getMessage(e.id)
+		if err != nil {
+			return 0, err
+		}
+		next := proto.CloneOf(d)
+		if err := t.unknown(m, d, next, "DLV_005", fmt.Sprintf("lease %d expired without an outcome", d.GetLeaseToken()), "", ""); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	t.commit()
+	return n, nil
+}
+
+func uint64FromBytes(b []byte) uint64 {
+	var n uint64
+	for _, c := range b {
+		n = n<<8 | uint64(c)
+	}
+	return n
+}

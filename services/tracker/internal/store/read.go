@@ -1,0 +1,170 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// Get returns a message, its delivery and its timeline (oldest event
+// first). Errors: ErrNotFound.
+func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.Event, error) {
+	if len(id) != idLen {
+		return nil, nil, nil, ErrNotFound
+	}
+	m, err := s.getMessage(id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	d, err := s.getDelivery(id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p := idKey(prefixTimeline, id)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer it.Close()
+	var timeline []*storev1.Event
+	for ok := it.First(); ok; ok = it.Next() {
+		ev := &storev1.Event{}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if err := proto.Unmarshal(v, ev); err != nil {
+			return nil, nil, nil, fmt.Errorf("decode timeline of %s: %w", id, err)
+		}
+		timeline = append(timeline, ev)
+	}
+	return m, d, timeline, it.Error()
+}
+
+// ConversationHistory returns up to limit messages of a conversation, newest
+// first.
+func (s *Store) ConversationHistory(tenant, conversation string, limit int) ([]Leased, error) {
+	p := convPrefix(prefixConvHistory, tenant, conversation)
+	return s.history(p, limit, func(k, v []byte) string { return string(v) })
+}
+
+// RecipientHistory returns up to limit messages sent to a recipient on a
+// channel, newest first.
+func (s *Store) RecipientHistory(tenant, channel, recipient string, limit int) ([]Leased, error) {
+	p := recipientPrefix(tenant, channel, recipient)
+	return s.history(p, limit, func(k, v []byte) string { return string(k[len(p):]) })
+}
+
+func (s *Store) history(p []byte, limit int, idOf func(k, v []byte) string) ([]Leased, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []Leased
+	for ok := it.Last(); ok && len(out) < limit; ok = it.Prev() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		id := idOf(it.Key(), v)
+		m, err := s.getMessage(id)
+		if err != nil {
+			return nil, err
+		}
+		d, err := s.getDelivery(id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Leased{Message: m, Delivery: d})
+	}
+	return out, it.Error()
+}
+
+// Events returns up to limit committed events with a sequence greater than
+// after, oldest first. It never returns an event while an earlier one is
+// still being committed, so a reader that resumes from the last sequence it
+// saw misses nothing.
+func (s *Store) Events(after uint64, limit int) ([]*storev1.Event, error) {
+	durable, _ := s.events.watch()
+	if after >= durable {
+		return nil, nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(after + 1), UpperBound: eventKey(durable + 1)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []*storev1.Event
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		ev := &storev1.Event{}
+		if err := proto.Unmarshal(v, ev); err != nil {
+			return nil, fmt.Errorf("decode event %x: %w", it.Key(), err)
+		}
+		out = append(out, ev)
+	}
+	return out, it.Error()
+}
+
+// WaitEvents blocks until an event after seq is committed, ctx ends, or the
+// store closes.
+func (s *Store) WaitEvents(ctx context.Context, seq uint64) error {
+	for {
+		durable, changed := s.events.watch()
+		if durable > seq {
+			return nil
+		}
+		if s.closed.Load() {
+			return ErrClosed
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// LastEvent returns the sequence of the newest committed event.
+func (s *Store) LastEvent() uint64 {
+	d, _ := s.events.watch()
+	return d
+}
+
+// Counts returns the number of messages per state.
+func (s *Store) Counts() (map[storev1.State]int64, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixCount}, UpperBound: []byte{prefixCount + 1}})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	out := map[storev1.State]int64{}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		if len(it.Key()) != 2 || len(v) != 8 {
+			return nil, fmt.Errorf("counter %x: bad shape", it.Key())
+		}
+		out[storev1.State(it.Key()[1])] = int64(binary.LittleEndian.Uint64(v))
+	}
+	return out, it.Error()
+}
+
+// RecoverySize is the number of recovery-index entries (non-terminal
+// messages).
+func (s *Store) RecoverySize() int { return s.index.size() }
+
+// Metrics exposes Pebble's metrics (WAL fsyncs, compactions) for benchmarks
+// and the metrics endpoint.
+func (s *Store) Metrics() *pebble.Metrics { return s.db.Metrics() }

@@ -1,0 +1,452 @@
+// Package store is the tracker's durable state: messages, their delivery
+// state machine, the recovery index, idempotency keys, conversation
+// sequences, history and the event log, all in one Pebble database.
+//
+// It is the only package in herald that imports Pebble. Every method that
+// changes state returns only after its batch is committed with pebble.Sync;
+// concurrent callers share fsyncs through Pebble's group commit, because no
+// lock is held across commits except the stripe locks of the conversations a
+// batch touches. The store does not schedule work, retry, or talk to
+// providers: callers decide what happens; the store makes it durable and
+// refuses transitions that do not start from the expected state and lease.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// Errors returned by the store. Callers test them with errors.Is.
+var (
+	// ErrNotFound: no message with that id.
+	ErrNotFound = errors.New("message not found")
+	// ErrInvalid: the request breaks a rule of the store (a missing field, a
+	// NUL byte in a key part); nothing was written.
+	ErrInvalid = errors.New("invalid request")
+	// ErrExists: a different message already has this id; nothing was written.
+	ErrExists = errors.New("message id already exists")
+	// ErrFull: the number of non-terminal messages reached MaxPending;
+	// nothing was written.
+	ErrFull = errors.New("pending limit reached")
+	// ErrClosed: the store is closed.
+	ErrClosed = errors.New("store closed")
+	// ErrSchema: the data directory holds another on-disk format version.
+	ErrSchema = errors.New("unsupported schema version")
+)
+
+// Options configure Open. The zero value of each field picks a default.
+type Options struct {
+	// FS is the filesystem; nil means the operating system's. Tests use
+	// vfs.NewMem or vfs.NewCrashableMem.
+	FS vfs.FS
+	// Now is the clock for due times, lease expiries and event times.
+	Now func() time.Time
+	// MaxPending bounds non-terminal messages; Accept fails with ErrFull at
+	// the bound. Zero means 1,000,000.
+	MaxPending int
+	// UnknownPolicy returns what to do with a message of channel whose
+	// outcome became unknown. Nil means PolicyFail for every channel.
+	UnknownPolicy func(channel string) UnknownPolicy
+	Logger        *slog.Logger
+	// CacheSize is Pebble's block cache in bytes; zero means 64 MiB.
+	CacheSize int64
+}
+
+// UnknownPolicy is what the store does with a message whose provider outcome
+// is unknown (ARCHITECTURE.md §3).
+type UnknownPolicy int
+
+const (
+	// PolicyFail dead-letters it with reason outcome_unknown.
+	PolicyFail UnknownPolicy = iota
+	// PolicyRedeliver makes it PENDING again at once: only for sinks that
+	// deduplicate on the message id.
+	PolicyRedeliver
+	// PolicyReconcile leaves it UNKNOWN until a worker asks the provider.
+	PolicyReconcile
+)
+
+// Store is the tracker's database. Its methods are safe for concurrent use.
+type Store struct {
+	db     *pebble.DB
+	now    func() time.Time
+	log    *slog.Logger
+	policy func(string) UnknownPolicy
+	max    int
+
+	locks [lockStripes]sync.Mutex
+	seed  maphash.Seed
+
+	events sequencer
+	index  *memIndex
+
+	closed atomic.Bool
+}
+
+// Open opens (or creates) the store in dir. It checks the schema version and
+// loads the recovery index; a damaged or foreign store is an error and
+// nothing is deleted. Only one process may have dir open: a second Open
+// fails while the first holds Pebble's lock file.
+func Open(dir string, o Options) (*Store, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxPending == 0 {
+		o.MaxPending = 1_000_000
+	}
+	if o.UnknownPolicy == nil {
+		o.UnknownPolicy = func(string) UnknownPolicy { return PolicyFail }
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = 64 << 20
+	}
+	cache := pebble.NewCache(o.CacheSize)
+	defer cache.Unref()
+	popts := &pebble.Options{
+		FS:     o.FS,
+		Cache:  cache,
+		Merger: counterMerger,
+		Logger: pebbleLogger{o.Logger},
+		// A batch of many small Sync commits is the normal load; a larger
+		// memtable keeps flushes rare.
+		MemTableSize:  64 << 20,
+		MaxOpenFiles:  1000,
+		ErrorIfExists: false,
+	}
+	db, err := pebble.Open(dir, popts)
+	if err != nil {
+		return nil, describeOpenError(dir, err)
+	}
+	s := &Store{
+		db:     db,
+		now:    o.Now,
+		log:    o.Logger,
+		policy: o.UnknownPolicy,
+		max:    o.MaxPending,
+		seed:   maphash.MakeSeed(),
+		index:  newMemIndex(),
+	}
+	if err := s.checkSchema(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	last, err := s.lastEventSequence()
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.events.init(last)
+	if err := s.loadIndex(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// describeOpenError turns Pebble's open errors into ones an operator can act on.
+func describeOpenError(dir string, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "lock") && (strings.Contains(msg, "resource temporarily unavailable") || strings.Contains(msg, "held")):
+		return fmt.Errorf("open store %s: the data directory is in use by another tracker; stop it or choose another --data-dir: %w", dir, err)
+	case pebble.IsCorruptionError(err) || strings.Contains(msg, "corrupt") || strings.Contains(msg, "checksum"):
+		return fmt.Errorf("open store %s: the store is damaged (%v); nothing was deleted: stop the tracker and restore the data directory from a backup (herald backup, see README): %w", dir, msg, err)
+	}
+	return fmt.Errorf("open store %s: %w", dir, err)
+}
+
+// Close waits for nothing: callers stop calling first. It flushes and closes
+// Pebble; every acknowledged write was already synced.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.index.close()
+	s.events.close()
+	if err := s.db.Flush(); err != nil {
+		s.db.Close()
+		return fmt.Errorf("flush store: %w", err)
+	}
+	return s.db.Close()
+}
+
+func (s *Store) checkSchema() error {
+	v, closer, err := s.db.Get(metaSchemaKey)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		it, err := s.db.NewIter(nil)
+		if err != nil {
+			return fmt.Errorf("check schema: %w", err)
+		}
+		empty := !it.First()
+		if err := it.Close(); err != nil {
+			return fmt.Errorf("check schema: %w", err)
+		}
+		if !empty {
+			return fmt.Errorf("%w: the store has data but no schema version; it was not written by herald", ErrSchema)
+		}
+		return s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), pebble.Sync)
+	case err != nil:
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 4 {
+		return fmt.Errorf("%w: schema key holds %d bytes", ErrSchema, len(v))
+	}
+	if got := binary.BigEndian.Uint32(v); got != schemaVersion {
+		return fmt.Errorf("%w: the store is version %d, this build reads version %d", ErrSchema, got, schemaVersion)
+	}
+	return nil
+}
+
+func (s *Store) lastEventSequence() (uint64, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixEvent}, UpperBound: []byte{prefixEvent + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	if !it.Last() {
+		return 0, it.Error()
+	}
+	k := it.Key()
+	if len(k) != 9 {
+		return 0, fmt.Errorf("event key %x: bad length", k)
+	}
+	return binary.BigEndian.Uint64(k[1:]), nil
+}
+
+// getProto reads key into m. It reports false when the key is absent.
+func (s *Store) getProto(key []byte, m proto.Message) (bool, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("decode %x: %w", key, err)
+	}
+	return true, nil
+}
+
+func (s *Store) getMessage(id string) (*storev1.Message, error) {
+	m := &storev1.Message{}
+	ok, err := s.getProto(messageKey(id), m)
+	if err != nil {
+		return nil, fmt.Errorf("read message %s: %w", id, err)
+	}
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return m, nil
+}
+
+func (s *Store) getDelivery(id string) (*storev1.Delivery, error) {
+	d := &storev1.Delivery{}
+	ok, err := s.getProto(deliveryKey(id), d)
+	if err != nil {
+		return nil, fmt.Errorf("read delivery %s: %w", id, err)
+	}
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return d, nil
+}
+
+func mustMarshal(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Marshalling a valid in-memory proto cannot fail.
+		panic(fmt.Sprintf("marshal %T: %v", m, err))
+	}
+	return b
+}
+
+// commit writes b with Sync. A failed commit means the disk refused a write
+// whose effects may be partly visible to Pebble's memtable; continuing could
+// break the event log's gap-free order, so the tracker stops (as etcd does).
+func (s *Store) commit(b *pebble.Batch) {
+	if err := b.Commit(pebble.Sync); err != nil {
+		s.log.Error("store commit failed; the tracker must stop and restart from the durable state", "error_code", "TRK_001", "err", err)
+		panic(fmt.Sprintf("herald tracker: store commit failed: %v", err))
+	}
+}
+
+// lockStripes is the number of conversation locks. All state changes of a
+// message happen under its conversation's stripe, so compare-and-set needs no
+// other lock and unrelated conversations commit in parallel.
+const lockStripes = 4096
+
+func (s *Store) stripe(tenant, conversation string) int {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(tenant)
+	h.WriteByte(0)
+	h.WriteString(conversation)
+	return int(h.Sum64() % lockStripes)
+}
+
+// lockSet holds a sorted set of stripes; sorted acquisition prevents
+// deadlock between batches.
+type lockSet []int
+
+func (s *Store) lock(stripes lockSet) lockSet {
+	sort.Ints(stripes)
+	out := stripes[:0]
+	for i, st := range stripes {
+		if i > 0 && st == stripes[i-1] {
+			continue
+		}
+		out = append(out, st)
+	}
+	for _, st := range out {
+		s.locks[st].Lock()
+	}
+	return out
+}
+
+func (s *Store) unlock(stripes lockSet) {
+	for i := len(stripes) - 1; i >= 0; i-- {
+		s.locks[stripes[i]].Unlock()
+	}
+}
+
+// idemStripe maps an idempotency key to a stripe. Accept locks it together
+// with the conversation's stripe so two Sends with one key never both write.
+func (s *Store) idemStripe(tenant, key string) int {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString("idem\x00")
+	h.WriteString(tenant)
+	h.WriteByte(0)
+	h.WriteString(key)
+	return int(h.Sum64() % lockStripes)
+}
+
+// pebbleLogger sends Pebble's log lines to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble", "error_code", "TRK_002")
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble", "error_code", "TRK_002")
+	panic(fmt.Sprintf(format, args...))
+}
+
+// counterMerger adds int64 little-endian operands: the per-state counters
+// change in every batch without a read-modify-write.
+var counterMerger = &pebble.Merger{
+	Name: "herald.counter.v1",
+	Merge: func(key, value []byte) (pebble.ValueMerger, error) {
+		c := &counter{}
+		return c, c.MergeNewer(value)
+	},
+}
+
+type counter struct{ n int64 }
+
+func (c *counter) MergeNewer(v []byte) error {
+	if len(v) != 8 {
+		return fmt.Errorf("counter operand of %d bytes", len(v))
+	}
+	c.n += int64(binary.LittleEndian.Uint64(v))
+	return nil
+}
+
+func (c *counter) MergeOlder(v []byte) error { return c.MergeNewer(v) }
+
+func (c *counter) Finish(bool) ([]byte, io.Closer, error) {
+	return binary.LittleEndian.AppendUint64(nil, uint64(c.n)), nil, nil
+}
+
+func counterDelta(n int64) []byte { return binary.LittleEndian.AppendUint64(nil, uint64(n)) }
+
+// sequencer hands out event-log sequence numbers and tracks the highest one
+// below which every batch has committed, so readers of the log never skip a
+// sequence that a slower commit fills in later.
+type sequencer struct {
+	mu      sync.Mutex
+	next    uint64          // next sequence to hand out
+	durable uint64          // every sequence ≤ durable is committed
+	done    map[uint64]bool // committed sequences above durable
+	changed chan struct{}   // closed and replaced when durable grows
+	closed  bool
+}
+
+func (q *sequencer) init(last uint64) {
+	q.next = last + 1
+	q.durable = last
+	q.done = make(map[uint64]bool)
+	q.changed = make(chan struct{})
+}
+
+// reserve hands out n consecutive sequences and returns the first.
+func (q *sequencer) reserve(n int) uint64 {
+	q.mu.Lock()
+	first := q.next
+	q.next += uint64(n)
+	q.mu.Unlock()
+	return first
+}
+
+// publish marks [first, first+n) committed.
+func (q *sequencer) publish(first uint64, n int) {
+	if n == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for s := first; s < first+uint64(n); s++ {
+		q.done[s] = true
+	}
+	grew := false
+	for q.done[q.durable+1] {
+		delete(q.done, q.durable+1)
+		q.durable++
+		grew = true
+	}
+	if grew && !q.closed {
+		close(q.changed)
+		q.changed = make(chan struct{})
+	}
+}
+
+// watch returns the durable watermark and a channel closed when it grows.
+func (q *sequencer) watch() (uint64, <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.durable, q.changed
+}
+
+func (q *sequencer) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.closed {
+		q.closed = true
+		close(q.changed)
+	}
+}

@@ -1,0 +1,241 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// txn gathers one batch: record writes, recovery-index edits, counter deltas
+// and events. Its caller holds the stripe locks of every conversation the
+// batch touches. commit makes it durable, then publishes the events and the
+// index edits, in that order, before the locks are released.
+type txn struct {
+	s       *Store
+	b       *pebble.Batch
+	now     int64
+	changes []change
+	events  []*storev1.Event
+	counts  map[storev1.State]int64
+	// deliveries overlays the batch's own writes on the store, so that two
+	// transitions in one batch see each other.
+	deliveries map[string]*storev1.Delivery
+	// inactive holds conversation-active keys the batch deleted.
+	inactive map[string]bool
+}
+
+func (s *Store) newTxn() *txn {
+	return &txn{
+		s:          s,
+		b:          s.db.NewBatch(),
+		now:        s.now().UnixNano(),
+		counts:     map[storev1.State]int64{},
+		deliveries: map[string]*storev1.Delivery{},
+		inactive:   map[string]bool{},
+	}
+}
+
+// delivery returns the message's delivery as this batch would leave it.
+// The caller may modify the copy it gets and pass it to transition.
+func (t *txn) delivery(id string) (*storev1.Delivery, error) {
+	if d, ok := t.deliveries[id]; ok {
+		return proto.CloneOf(d), nil
+	}
+	return t.s.getDelivery(id)
+}
+
+// indexPlace is where a delivery belongs in the recovery index; ok is false
+// for terminal states, which are never in it.
+func indexPlace(d *storev1.Delivery) (kind byte, at int64, ok bool) {
+	switch d.GetState() {
+	case storev1.State_STATE_PENDING:
+		if d.GetBlocked() {
+			return recoveryBlocked, 0, true
+		}
+		return recoveryDue, d.GetDueUnixNano(), true
+	case storev1.State_STATE_IN_FLIGHT:
+		return recoveryLeased, d.GetLeaseExpiresUnixNano(), true
+	case storev1.State_STATE_UNKNOWN:
+		return recoveryUnknown, d.GetUnknownSinceUnixNano(), true
+	}
+	return 0, 0, false
+}
+
+// IsTerminal reports whether no further transition follows st (until an
+// operator redrives a FAILED message).
+func IsTerminal(st storev1.State) bool {
+	switch st {
+	case storev1.State_STATE_DELIVERED, storev1.State_STATE_FAILED, storev1.State_STATE_ABORTED, storev1.State_STATE_EXPIRED:
+		return true
+	}
+	return false
+}
+
+func (t *txn) setIndex(m *storev1.Message, d *storev1.Delivery) {
+	kind, at, ok := indexPlace(d)
+	if !ok {
+		return
+	}
+	e := entry{at: at, id: m.GetId(), channel: m.GetChannel(), tenant: m.GetTenant(), conversation: m.GetConversation()}
+	t.b.Set(recoveryKey(kind, at, e.id), recoveryValue(e.channel, e.tenant, e.conversation), nil)
+	t.changes = append(t.changes, change{add: true, kind: kind, e: e})
+}
+
+func (t *txn) deleteIndex(m *storev1.Message, d *storev1.Delivery) {
+	kind, at, ok := indexPlace(d)
+	if !ok {
+		return
+	}
+	e := entry{at: at, id: m.GetId(), channel: m.GetChannel(), tenant: m.GetTenant(), conversation: m.GetConversation()}
+	t.b.Delete(recoveryKey(kind, at, e.id), nil)
+	t.changes = append(t.changes, change{add: false, kind: kind, e: e})
+}
+
+// insert writes a new message's delivery (Accept).
+func (t *txn) insert(m *storev1.Message, d *storev1.Delivery) {
+	d.UpdatedUnixNano = t.now
+	t.b.Set(deliveryKey(m.GetId()), mustMarshal(d), nil)
+	t.deliveries[m.GetId()] = d
+	t.setIndex(m, d)
+	t.counts[d.GetState()]++
+}
+
+// transition moves m from old to next: the delivery record, its recovery-
+// index entry and the per-state counts change together. Entering a terminal
+// state also leaves the conversation's active set and lets the next message
+// of the conversation go.
+func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error {
+	next.UpdatedUnixNano = t.now
+	id := m.GetId()
+	t.b.Set(deliveryKey(id), mustMarshal(next), nil)
+	t.deliveries[id] = next
+	oldKind, oldAt, oldIn := indexPlace(old)
+	newKind, newAt, newIn := indexPlace(next)
+	if !oldIn || !newIn || oldKind != newKind || oldAt != newAt {
+		t.deleteIndex(m, old)
+		t.setIndex(m, next)
+	}
+	if old.GetState() != next.GetState() {
+		t.counts[old.GetState()]--
+		t.counts[next.GetState()]++
+	}
+	if next.GetState() == storev1.State_STATE_FAILED && old.GetState() != storev1.State_STATE_FAILED {
+		t.b.Set(deadLetterKey(t.now, id), nil, nil)
+	}
+	if IsTerminal(next.GetState()) && !IsTerminal(old.GetState()) {
+		return t.leaveConversation(m)
+	}
+	return nil
+}
+
+// leaveConversation removes m from its conversation's active set and, if
+// that makes another message the head, unblocks it.
+func (t *txn) leaveConversation(m *storev1.Message) error {
+	key := convSeqEntryKey(prefixConvActive, m.GetTenant(), m.GetConversation(), m.GetSequence())
+	t.b.Delete(key, nil)
+	t.inactive[string(key)] = true
+	headID, err := t.head(m.GetTenant(), m.GetConversation())
+	if err != nil || headID == "" {
+		return err
+	}
+	d, err := t.delivery(headID)
+	if err != nil {
+		return fmt.Errorf("promote %s: %w", headID, err)
+	}
+	if d.GetState() != storev1.State_STATE_PENDING || !d.GetBlocked() {
+		return nil
+	}
+	hm, err := t.s.getMessage(headID)
+	if err != nil {
+		return fmt.Errorf("promote %s: %w", headID, err)
+	}
+	next := proto.CloneOf(d)
+	next.Blocked = false
+	next.DueUnixNano = t.now
+	return t.transition(hm, d, next)
+}
+
+// head returns the id of the conversation's first active message as this
+// batch would leave the set, or "" when none is.
+func (t *txn) head(tenant, conversation string) (string, error) {
+	p := convPrefix(prefixConvActive, tenant, conversation)
+	it, err := t.s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return "", err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		if t.inactive[string(it.Key())] {
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return "", err
+		}
+		return string(v), nil
+	}
+	return "", it.Error()
+}
+
+// event adds an event to the batch; its sequence is set at commit.
+func (t *txn) event(typ string, m *storev1.Message, d *storev1.Delivery, errorCode, detail string) *storev1.Event {
+	traceID, spanID := parseTraceparent(m.GetTraceparent())
+	ev := &storev1.Event{
+		TimeUnixNano: t.now,
+		Type:         typ,
+		MessageId:    m.GetId(),
+		Tenant:       m.GetTenant(),
+		Channel:      m.GetChannel(),
+		Conversation: m.GetConversation(),
+		State:        d.GetState(),
+		Attempt:      d.GetAttempts(),
+		ErrorCode:    errorCode,
+		Detail:       detail,
+		TraceId:      traceID,
+		SpanId:       spanID,
+	}
+	t.events = append(t.events, ev)
+	return ev
+}
+
+// commit makes the batch durable (fsync), then publishes its events and
+// recovery-index edits. The caller still holds the stripe locks.
+func (t *txn) commit() {
+	var first uint64
+	if n := len(t.events); n > 0 {
+		first = t.s.events.reserve(n)
+		for i, ev := range t.events {
+			ev.Sequence = first + uint64(i)
+			v := mustMarshal(ev)
+			t.b.Set(eventKey(ev.Sequence), v, nil)
+			t.b.Set(timelineKey(ev.GetMessageId(), ev.Sequence), v, nil)
+		}
+	}
+	for st, n := range t.counts {
+		if n != 0 {
+			t.b.Merge(countKey(byte(st)), counterDelta(n), nil)
+		}
+	}
+	t.s.commit(t.b)
+	t.s.events.publish(first, len(t.events))
+	t.s.index.apply(t.changes)
+}
+
+func (t *txn) close() { t.b.Close() }
+
+// parseTraceparent extracts the trace and parent span ids of a W3C
+// traceparent ("00-<trace>-<span>-<flags>").
+func parseTraceparent(tp string) (traceID, spanID string) {
+	parts := strings.Split(tp, "-")
+	if len(parts) != 4 || len(parts[1]) != 32 || len(parts[2]) != 16 {
+		return "", ""
+	}
+	return parts[1], parts[2]
+}
+
+func seqBytes(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }

@@ -1,0 +1,276 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// Report is the result of Verify.
+type Report struct {
+	// Counts of messages per state, from the delivery records.
+	Counts map[storev1.State]int64
+	// RecoveryEntries is the number of recovery-index entries.
+	RecoveryEntries int
+	// Messages is the number of message records.
+	Messages int
+	// Events is the number of event-log entries read (full only).
+	Events int
+	// StateHash is a SHA-256 over every key and value; two identical stores
+	// agree on it.
+	StateHash string
+	// Problems lists every inconsistency found; empty means the store is
+	// consistent.
+	Problems []string
+}
+
+// maxProblems bounds the report so a badly damaged store still answers.
+const maxProblems = 1000
+
+// Verify checks the store's invariants against one consistent snapshot:
+// every recovery-index entry points to a message in the matching state;
+// every non-terminal message is in the index exactly once and no terminal
+// one is; idempotency keys point to existing messages; per-conversation
+// sequences have no gaps; the active set of each conversation holds exactly
+// its non-terminal messages; the per-state counters match the records. With
+// full, it also checks that the event log has no gaps and that every record
+// decodes. It can run while the store serves.
+func (s *Store) Verify(full bool) Report {
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	r := Report{Counts: map[storev1.State]int64{}}
+	problem := func(format string, args ...any) {
+		if len(r.Problems) < maxProblems {
+			r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+		}
+	}
+	scan := func(prefix byte, fn func(k, v []byte)) {
+		it, err := snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+		if err != nil {
+			problem("open iterator over family %#x: %v", prefix, err)
+			return
+		}
+		defer it.Close()
+		for ok := it.First(); ok; ok = it.Next() {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				problem("read %x: %v", it.Key(), err)
+				continue
+			}
+			fn(it.Key(), v)
+		}
+		if err := it.Error(); err != nil {
+			problem("scan family %#x: %v", prefix, err)
+		}
+	}
+
+	messages := map[string]*storev1.Message{}
+	scan(prefixMessage, func(k, v []byte) {
+		m := &storev1.Message{}
+		if err := proto.Unmarshal(v, m); err != nil {
+			problem("message %s does not decode: %v", k[1:], err)
+			return
+		}
+		messages[string(k[1:])] = m
+	})
+	r.Messages = len(messages)
+
+	deliveries := map[string]*storev1.Delivery{}
+	scan(prefixDelivery, func(k, v []byte) {
+		id := string(k[1:])
+		d := &storev1.Delivery{}
+		if err := proto.Unmarshal(v, d); err != nil {
+			problem("delivery %s does not decode: %v", id, err)
+			return
+		}
+		deliveries[id] = d
+		r.Counts[d.GetState()]++
+		if messages[id] == nil {
+			problem("delivery %s has no message record", id)
+		}
+	})
+	for id := range messages {
+		if deliveries[id] == nil {
+			problem("message %s has no delivery record", id)
+		}
+	}
+
+	indexed := map[string]int{}
+	scan(prefixRecovery, func(k, v []byte) {
+		r.RecoveryEntries++
+		kind, at, id, err := parseRecoveryKey(k)
+		if err != nil {
+			problem("%v", err)
+			return
+		}
+		indexed[id]++
+		d := deliveries[id]
+		if d == nil {
+			problem("recovery entry %x points to missing message %s", k, id)
+			return
+		}
+		wantKind, wantAt, ok := indexPlace(d)
+		switch {
+		case !ok:
+			problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
+		case wantKind != kind || wantAt != at:
+			problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
+		}
+		if m := messages[id]; m != nil {
+			ch, tenant, conv, err := parseRecoveryValue(v)
+			if err != nil || ch != m.GetChannel() || tenant != m.GetTenant() || conv != m.GetConversation() {
+				problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
+			}
+		}
+	})
+	for id, d := range deliveries {
+		n := indexed[id]
+		switch {
+		case !IsTerminal(d.GetState()) && n != 1:
+			problem("message %s is %s but in the recovery index %d times, want once", id, d.GetState(), n)
+		case IsTerminal(d.GetState()) && n != 0:
+			problem("message %s is terminal (%s) but in the recovery index", id, d.GetState())
+		}
+	}
+
+	scan(prefixIdempotency, func(k, v []byte) {
+		if messages[string(v)] == nil {
+			problem("idempotency key %q points to missing message %s", k[1:], v)
+		}
+	})
+
+	// Conversations: history gap-free up to the last sequence; the active
+	// set is exactly the non-terminal messages.
+	type convState struct {
+		last    uint64
+		history []uint64
+	}
+	convs := map[string]*convState{}
+	conv := func(key string) *convState {
+		c := convs[key]
+		if c == nil {
+			c = &convState{}
+			convs[key] = c
+		}
+		return c
+	}
+	scan(prefixConvSeq, func(k, v []byte) {
+		if len(v) != 8 {
+			problem("conversation sequence %q: bad value", k[1:])
+			return
+		}
+		conv(string(k[1:])).last = binary.BigEndian.Uint64(v)
+	})
+	active := map[string]bool{}
+	for _, fam := range []byte{prefixConvHistory, prefixConvActive} {
+		scan(fam, func(k, v []byte) {
+			if len(k) < 1+8+2 {
+				problem("conversation key %x: too short", k)
+				return
+			}
+			key := string(k[1 : len(k)-8])
+			seq := binary.BigEndian.Uint64(k[len(k)-8:])
+			id := string(v)
+			m := messages[id]
+			if m == nil {
+				problem("conversation entry %x points to missing message %s", k, id)
+				return
+			}
+			if m.GetSequence() != seq {
+				problem("conversation entry %x has sequence %d, message %s has %d", k, seq, id, m.GetSequence())
+			}
+			if fam == prefixConvHistory {
+				conv(key).history = append(conv(key).history, seq)
+				return
+			}
+			active[id] = true
+			if d := deliveries[id]; d != nil && IsTerminal(d.GetState()) {
+				problem("message %s is terminal (%s) but still active in its conversation", id, d.GetState())
+			}
+		})
+	}
+	for id, d := range deliveries {
+		if !IsTerminal(d.GetState()) && !active[id] {
+			problem("message %s is %s but not active in its conversation", id, d.GetState())
+		}
+	}
+	keys := make([]string, 0, len(convs))
+	for k := range convs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		c := convs[k]
+		for i, seq := range c.history {
+			if seq != uint64(i+1) {
+				problem("conversation %q: sequence %d where %d was expected (a gap)", k, seq, i+1)
+				break
+			}
+		}
+		if uint64(len(c.history)) != c.last {
+			problem("conversation %q: last sequence %d but %d history entries", k, c.last, len(c.history))
+		}
+	}
+
+	counters := map[storev1.State]int64{}
+	scan(prefixCount, func(k, v []byte) {
+		if len(k) == 2 && len(v) == 8 {
+			counters[storev1.State(k[1])] = int64(binary.LittleEndian.Uint64(v))
+		}
+	})
+	for st := range storev1.State_name {
+		state := storev1.State(st)
+		if counters[state] != r.Counts[state] {
+			problem("counter for %s says %d, the records say %d", state, counters[state], r.Counts[state])
+		}
+	}
+
+	if full {
+		var want uint64 = 1
+		scan(prefixEvent, func(k, v []byte) {
+			r.Events++
+			seq := binary.BigEndian.Uint64(k[1:])
+			if seq != want {
+				problem("event log: sequence %d where %d was expected", seq, want)
+			}
+			want = seq + 1
+			if err := proto.Unmarshal(v, &storev1.Event{}); err != nil {
+				problem("event %d does not decode: %v", seq, err)
+			}
+		})
+	}
+
+	h := sha256.New()
+	it, err := snap.NewIter(nil)
+	if err != nil {
+		problem("hash: %v", err)
+	} else {
+		for ok := it.First(); ok; ok = it.Next() {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				problem("hash: read %x: %v", it.Key(), err)
+				continue
+			}
+			var n [4]byte
+			binary.BigEndian.PutUint32(n[:], uint32(len(it.Key())))
+			h.Write(n[:])
+			h.Write(it.Key())
+			binary.BigEndian.PutUint32(n[:], uint32(len(v)))
+			h.Write(n[:])
+			h.Write(v)
+		}
+		if err := it.Error(); err != nil {
+			problem("hash: %v", err)
+		}
+		it.Close()
+	}
+	r.StateHash = hex.EncodeToString(h.Sum(nil))
+	return r
+}
