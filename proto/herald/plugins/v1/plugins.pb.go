@@ -90,6 +90,7 @@ type DeliverRequest struct {
 	//
 	//	*DeliverRequest_Delivery
 	//	*DeliverRequest_Cancel
+	//	*DeliverRequest_Ack
 	Kind          isDeliverRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -150,6 +151,15 @@ func (x *DeliverRequest) GetCancel() *Cancel {
 	return nil
 }
 
+func (x *DeliverRequest) GetAck() *Ack {
+	if x != nil {
+		if x, ok := x.Kind.(*DeliverRequest_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
 type isDeliverRequest_Kind interface {
 	isDeliverRequest_Kind()
 }
@@ -162,9 +172,15 @@ type DeliverRequest_Cancel struct {
 	Cancel *Cancel `protobuf:"bytes,2,opt,name=cancel,proto3,oneof"`
 }
 
+type DeliverRequest_Ack struct {
+	Ack *Ack `protobuf:"bytes,3,opt,name=ack,proto3,oneof"`
+}
+
 func (*DeliverRequest_Delivery) isDeliverRequest_Kind() {}
 
 func (*DeliverRequest_Cancel) isDeliverRequest_Kind() {}
+
+func (*DeliverRequest_Ack) isDeliverRequest_Kind() {}
 
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -184,8 +200,11 @@ type Delivery struct {
 	// The host gives up on the call at this time and answers UNKNOWN or
 	// RETRYABLE depending on whether the request was sent.
 	DeadlineUnixNano int64 `protobuf:"varint,12,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The tracker's fencing token for this attempt; the host uses it only to
+	// report an answer the queue could not.
+	LeaseToken    uint64 `protobuf:"varint,13,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -302,6 +321,13 @@ func (x *Delivery) GetDeadlineUnixNano() int64 {
 	return 0
 }
 
+func (x *Delivery) GetLeaseToken() uint64 {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return 0
+}
+
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -346,6 +372,51 @@ func (x *Cancel) GetRequestId() uint64 {
 	return 0
 }
 
+// Ack releases answers the queue has reported to the tracker.
+type Ack struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestIds    []uint64               `protobuf:"varint,1,rep,packed,name=request_ids,json=requestIds,proto3" json:"request_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Ack) GetRequestIds() []uint64 {
+	if x != nil {
+		return x.RequestIds
+	}
+	return nil
+}
+
 type DeliverResponse struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	RequestId         uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -364,7 +435,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[3]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +447,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[3]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,7 +460,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{3}
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeliverResponse) GetRequestId() uint64 {
@@ -456,7 +527,7 @@ type ListChannelsRequest struct {
 
 func (x *ListChannelsRequest) Reset() {
 	*x = ListChannelsRequest{}
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[4]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +539,7 @@ func (x *ListChannelsRequest) String() string {
 func (*ListChannelsRequest) ProtoMessage() {}
 
 func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[4]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +552,7 @@ func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsRequest.ProtoReflect.Descriptor instead.
 func (*ListChannelsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{4}
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{5}
 }
 
 type Channel struct {
@@ -496,7 +567,7 @@ type Channel struct {
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[5]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +579,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[5]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +592,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{5}
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Channel) GetName() string {
@@ -561,7 +632,7 @@ type ListChannelsResponse struct {
 
 func (x *ListChannelsResponse) Reset() {
 	*x = ListChannelsResponse{}
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[6]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +644,7 @@ func (x *ListChannelsResponse) String() string {
 func (*ListChannelsResponse) ProtoMessage() {}
 
 func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[6]
+	mi := &file_herald_plugins_v1_plugins_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +657,7 @@ func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChannelsResponse.ProtoReflect.Descriptor instead.
 func (*ListChannelsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{6}
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListChannelsResponse) GetChannels() []*Channel {
@@ -600,11 +671,12 @@ var File_herald_plugins_v1_plugins_proto protoreflect.FileDescriptor
 
 const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/plugins/v1/plugins.proto\x12\x11herald.plugins.v1\"\x88\x01\n" +
+	"\x1fherald/plugins/v1/plugins.proto\x12\x11herald.plugins.v1\"\xb4\x01\n" +
 	"\x0eDeliverRequest\x129\n" +
 	"\bdelivery\x18\x01 \x01(\v2\x1b.herald.plugins.v1.DeliveryH\x00R\bdelivery\x123\n" +
-	"\x06cancel\x18\x02 \x01(\v2\x19.herald.plugins.v1.CancelH\x00R\x06cancelB\x06\n" +
-	"\x04kind\"\xe2\x03\n" +
+	"\x06cancel\x18\x02 \x01(\v2\x19.herald.plugins.v1.CancelH\x00R\x06cancel\x12*\n" +
+	"\x03ack\x18\x03 \x01(\v2\x16.herald.plugins.v1.AckH\x00R\x03ackB\x06\n" +
+	"\x04kind\"\x83\x04\n" +
 	"\bDelivery\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x1d\n" +
@@ -622,13 +694,18 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"\n" +
 	"tracestate\x18\v \x01(\tR\n" +
 	"tracestate\x12,\n" +
-	"\x12deadline_unix_nano\x18\f \x01(\x03R\x10deadlineUnixNano\x1a;\n" +
+	"\x12deadline_unix_nano\x18\f \x01(\x03R\x10deadlineUnixNano\x12\x1f\n" +
+	"\vlease_token\x18\r \x01(\x04R\n" +
+	"leaseToken\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"'\n" +
 	"\x06Cancel\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\x04R\trequestId\"\xbc\x02\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\"&\n" +
+	"\x03Ack\x12\x1f\n" +
+	"\vrequest_ids\x18\x01 \x03(\x04R\n" +
+	"requestIds\"\xbc\x02\n" +
 	"\x0fDeliverResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x124\n" +
@@ -671,33 +748,35 @@ func file_herald_plugins_v1_plugins_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_plugins_v1_plugins_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_plugins_v1_plugins_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_herald_plugins_v1_plugins_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_herald_plugins_v1_plugins_proto_goTypes = []any{
 	(Outcome)(0),                 // 0: herald.plugins.v1.Outcome
 	(*DeliverRequest)(nil),       // 1: herald.plugins.v1.DeliverRequest
 	(*Delivery)(nil),             // 2: herald.plugins.v1.Delivery
 	(*Cancel)(nil),               // 3: herald.plugins.v1.Cancel
-	(*DeliverResponse)(nil),      // 4: herald.plugins.v1.DeliverResponse
-	(*ListChannelsRequest)(nil),  // 5: herald.plugins.v1.ListChannelsRequest
-	(*Channel)(nil),              // 6: herald.plugins.v1.Channel
-	(*ListChannelsResponse)(nil), // 7: herald.plugins.v1.ListChannelsResponse
-	nil,                          // 8: herald.plugins.v1.Delivery.MetadataEntry
+	(*Ack)(nil),                  // 4: herald.plugins.v1.Ack
+	(*DeliverResponse)(nil),      // 5: herald.plugins.v1.DeliverResponse
+	(*ListChannelsRequest)(nil),  // 6: herald.plugins.v1.ListChannelsRequest
+	(*Channel)(nil),              // 7: herald.plugins.v1.Channel
+	(*ListChannelsResponse)(nil), // 8: herald.plugins.v1.ListChannelsResponse
+	nil,                          // 9: herald.plugins.v1.Delivery.MetadataEntry
 }
 var file_herald_plugins_v1_plugins_proto_depIdxs = []int32{
 	2, // 0: herald.plugins.v1.DeliverRequest.delivery:type_name -> herald.plugins.v1.Delivery
 	3, // 1: herald.plugins.v1.DeliverRequest.cancel:type_name -> herald.plugins.v1.Cancel
-	8, // 2: herald.plugins.v1.Delivery.metadata:type_name -> herald.plugins.v1.Delivery.MetadataEntry
-	0, // 3: herald.plugins.v1.DeliverResponse.outcome:type_name -> herald.plugins.v1.Outcome
-	6, // 4: herald.plugins.v1.ListChannelsResponse.channels:type_name -> herald.plugins.v1.Channel
-	1, // 5: herald.plugins.v1.PluginHostService.Deliver:input_type -> herald.plugins.v1.DeliverRequest
-	5, // 6: herald.plugins.v1.PluginHostService.ListChannels:input_type -> herald.plugins.v1.ListChannelsRequest
-	4, // 7: herald.plugins.v1.PluginHostService.Deliver:output_type -> herald.plugins.v1.DeliverResponse
-	7, // 8: herald.plugins.v1.PluginHostService.ListChannels:output_type -> herald.plugins.v1.ListChannelsResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4, // 2: herald.plugins.v1.DeliverRequest.ack:type_name -> herald.plugins.v1.Ack
+	9, // 3: herald.plugins.v1.Delivery.metadata:type_name -> herald.plugins.v1.Delivery.MetadataEntry
+	0, // 4: herald.plugins.v1.DeliverResponse.outcome:type_name -> herald.plugins.v1.Outcome
+	7, // 5: herald.plugins.v1.ListChannelsResponse.channels:type_name -> herald.plugins.v1.Channel
+	1, // 6: herald.plugins.v1.PluginHostService.Deliver:input_type -> herald.plugins.v1.DeliverRequest
+	6, // 7: herald.plugins.v1.PluginHostService.ListChannels:input_type -> herald.plugins.v1.ListChannelsRequest
+	5, // 8: herald.plugins.v1.PluginHostService.Deliver:output_type -> herald.plugins.v1.DeliverResponse
+	8, // 9: herald.plugins.v1.PluginHostService.ListChannels:output_type -> herald.plugins.v1.ListChannelsResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_herald_plugins_v1_plugins_proto_init() }
@@ -708,6 +787,7 @@ func file_herald_plugins_v1_plugins_proto_init() {
 	file_herald_plugins_v1_plugins_proto_msgTypes[0].OneofWrappers = []any{
 		(*DeliverRequest_Delivery)(nil),
 		(*DeliverRequest_Cancel)(nil),
+		(*DeliverRequest_Ack)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -715,7 +795,7 @@ func file_herald_plugins_v1_plugins_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_plugins_v1_plugins_proto_rawDesc), len(file_herald_plugins_v1_plugins_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,10 @@ type PluginHostServiceClient interface {
 	// answers each with one DeliverResponse carrying the same request_id, in
 	// completion order. A Cancel stops the named delivery's provider call; it
 	// is still answered (not DELIVERED unless the provider confirmed first).
+	// An Ack tells the host that the queue has made those answers durable in
+	// the tracker. When the stream breaks, the host reports every answer not
+	// yet acked to the tracker itself, fenced by its lease token, so a queue
+	// that dies between an answer and its report causes no re-send.
 	// Not idempotent: every delivery is a provider call. When the stream breaks,
 	// deliveries without an answer have an unknown outcome.
 	Deliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DeliverRequest, DeliverResponse], error)
@@ -80,6 +84,10 @@ type PluginHostServiceServer interface {
 	// answers each with one DeliverResponse carrying the same request_id, in
 	// completion order. A Cancel stops the named delivery's provider call; it
 	// is still answered (not DELIVERED unless the provider confirmed first).
+	// An Ack tells the host that the queue has made those answers durable in
+	// the tracker. When the stream breaks, the host reports every answer not
+	// yet acked to the tracker itself, fenced by its lease token, so a queue
+	// that dies between an answer and its report causes no re-send.
 	// Not idempotent: every delivery is a provider call. When the stream breaks,
 	// deliveries without an answer have an unknown outcome.
 	Deliver(grpc.BidiStreamingServer[DeliverRequest, DeliverResponse]) error

@@ -1,0 +1,309 @@
+// Package harness runs herald's real binaries for end-to-end tests and
+// benchmarks: it builds them once, starts each service on a free loopback
+// port, and kills, stops and restarts them by PID. It also hosts a webhook
+// sink that counts what reached it.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Services in start order.
+var Services = []string{"tracker", "plugins", "queue", "gateway"}
+
+// Build compiles the four services and the CLI into dir.
+func Build(dir string) error {
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	pkgs := map[string]string{
+		"herald-tracker": "./services/tracker", "herald-plugins": "./services/plugins",
+		"herald-queue": "./services/queue", "herald-gateway": "./services/gateway", "herald": "./cmd/herald",
+	}
+	for name, pkg := range pkgs {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return nil
+}
+
+func repoRoot() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot locate the repository")
+	}
+	return filepath.Abs(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Cluster is one herald deployment on loopback.
+type Cluster struct {
+	Bin     string
+	DataDir string
+	Addr    map[string]string
+	// Args adds flags per service.
+	Args map[string][]string
+	// Env adds environment variables to every service.
+	Env []string
+	Log io.Writer
+
+	mu    sync.Mutex
+	procs map[string]*exec.Cmd
+	exits map[string]chan error
+}
+
+// New allocates ports for a cluster; nothing runs until Start.
+func New(bin, dataDir string, log io.Writer) (*Cluster, error) {
+	c := &Cluster{Bin: bin, DataDir: dataDir, Addr: map[string]string{}, Args: map[string][]string{},
+		Log: log, procs: map[string]*exec.Cmd{}, exits: map[string]chan error{}}
+	for _, s := range Services {
+		a, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		c.Addr[s] = a
+	}
+	return c, nil
+}
+
+// FreeAddr returns a loopback address with a port free at the time of asking.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// StartAll starts every service in order and waits until each listens.
+func (c *Cluster) StartAll() error {
+	for _, s := range Services {
+		if err := c.Start(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Start starts one service and waits until it accepts connections.
+func (c *Cluster) Start(name string) error {
+	args := []string{"--listen", c.Addr[name]}
+	switch name {
+	case "tracker":
+		args = append(args, "--data-dir", c.DataDir)
+	case "queue":
+		args = append(args, "--tracker", c.Addr["tracker"], "--plugins", c.Addr["plugins"])
+	case "gateway":
+		args = append(args, "--tracker", c.Addr["tracker"], "--queue", c.Addr["queue"], "--plugins", c.Addr["plugins"])
+	case "plugins":
+		args = append(args, "--tracker", c.Addr["tracker"])
+	}
+	args = append(args, c.Args[name]...)
+	cmd := exec.Command(filepath.Join(c.Bin, "herald-"+name), args...)
+	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Stdout = prefixed(c.Log, name)
+	cmd.Stderr = prefixed(c.Log, name)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	exit := make(chan error, 1)
+	go func() { exit <- cmd.Wait() }()
+	c.mu.Lock()
+	c.procs[name] = cmd
+	c.exits[name] = exit
+	c.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		conn, err := net.DialTimeout("tcp", c.Addr[name], 100*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case err := <-exit:
+			exit <- err
+			return fmt.Errorf("%s exited during start: %v", name, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not listen on %s within 30s", name, c.Addr[name])
+}
+
+// Kill sends SIGKILL to a service and waits for it to die.
+func (c *Cluster) Kill(name string) error {
+	_, err := c.signal(name, syscall.SIGKILL, 10*time.Second)
+	return err
+}
+
+// Stop sends SIGTERM and waits up to timeout; it returns the process's exit
+// error (nil for exit status 0).
+func (c *Cluster) Stop(name string, timeout time.Duration) error {
+	exitErr, err := c.signal(name, syscall.SIGTERM, timeout)
+	if err != nil {
+		return err
+	}
+	return exitErr
+}
+
+func (c *Cluster) signal(name string, sig syscall.Signal, timeout time.Duration) (error, error) {
+	c.mu.Lock()
+	cmd, exit := c.procs[name], c.exits[name]
+	delete(c.procs, name)
+	delete(c.exits, name)
+	c.mu.Unlock()
+	if cmd == nil {
+		return nil, fmt.Errorf("%s is not running", name)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		return nil, fmt.Errorf("signal %s: %w", name, err)
+	}
+	select {
+	case err := <-exit:
+		return err, nil
+	case <-time.After(timeout):
+		cmd.Process.Kill()
+		<-exit
+		return nil, fmt.Errorf("%s did not exit within %s of %s; killed", name, timeout, sig)
+	}
+}
+
+// Close kills whatever still runs.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	names := make([]string, 0, len(c.procs))
+	for n := range c.procs {
+		names = append(names, n)
+	}
+	c.mu.Unlock()
+	for _, n := range names {
+		c.Kill(n)
+	}
+}
+
+// Running reports whether the named service runs.
+func (c *Cluster) Running(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[name] != nil
+}
+
+type prefixWriter struct {
+	mu     *sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+var logMu sync.Mutex
+
+func prefixed(w io.Writer, name string) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return &prefixWriter{mu: &logMu, w: w, prefix: name + ": "}
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			break
+		}
+		fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i])
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}
+
+// Sink is a webhook receiver that counts deliveries per webhook-id.
+type Sink struct {
+	URL string
+
+	mu     sync.Mutex
+	counts map[string]int
+	times  map[string][]time.Time
+	srv    *http.Server
+	// Status, when set, answers a request with that status code.
+	Status func(id string) int
+}
+
+// NewSink starts a sink on a free loopback port.
+func NewSink() (*Sink, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &Sink{URL: "http://" + l.Addr().String() + "/hook", counts: map[string]int{}, times: map[string][]time.Time{}}
+	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
+	go s.srv.Serve(l)
+	return s, nil
+}
+
+func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	id := r.Header.Get("webhook-id")
+	if s.Status != nil {
+		if code := s.Status(id); code != 0 && code/100 != 2 {
+			w.WriteHeader(code)
+			return
+		}
+	}
+	s.mu.Lock()
+	s.counts[id]++
+	s.times[id] = append(s.times[id], time.Now())
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+}
+
+// Counts returns a copy of deliveries per message id.
+func (s *Sink) Counts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.counts))
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// Times returns when each delivery of id arrived.
+func (s *Sink) Times(id string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.times[id]...)
+}
+
+// Total is the number of deliveries received.
+func (s *Sink) Total() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, v := range s.counts {
+		n += v
+	}
+	return n
+}
+
+// Close stops the sink.
+func (s *Sink) Close() { s.srv.Shutdown(context.Background()) }

@@ -1,0 +1,227 @@
+// Package grpcserver builds the gRPC server every herald service runs: one
+// listener, OpenTelemetry stats, quiet error logging, panic recovery, the
+// standard health and reflection services, and a bounded graceful stop.
+//
+// It holds no business rules; services register their own handlers on
+// GRPC() before calling Serve.
+package grpcserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	defaultGracePeriod  = 10 * time.Second
+	defaultMaxRecvBytes = 4 << 20
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Name is the service name, used in logs and as a health service name.
+	Name string
+	// Addr is the listen address, e.g. "127.0.0.1:0".
+	Addr string
+	// Logger receives call errors and recovered panics; nil discards them.
+	Logger *slog.Logger
+	// GracePeriod bounds the graceful stop: after it, open streams are cut.
+	// Default 10s.
+	GracePeriod time.Duration
+	// MaxRecvBytes is the largest message the server accepts. Default 4 MiB.
+	MaxRecvBytes int
+}
+
+// Server is a gRPC server bound to a listener. Create it with New, register
+// services on GRPC(), then call Serve once.
+type Server struct {
+	cfg    Config
+	lis    net.Listener
+	grpc   *grpc.Server
+	health *health.Server
+
+	mu      sync.Mutex
+	stopped bool // once true, health stays NOT_SERVING
+}
+
+// New listens on cfg.Addr at once, so Addr is known before Serve, and builds
+// the gRPC server. opts are appended after herald's own options. The
+// listener is owned by the Server: Serve closes it; if Serve is never
+// called, the caller must call GRPC().Stop() to release it.
+func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("grpcserver: Config.Name is empty; set it to the service name")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.GracePeriod <= 0 {
+		cfg.GracePeriod = defaultGracePeriod
+	}
+	if cfg.MaxRecvBytes <= 0 {
+		cfg.MaxRecvBytes = defaultMaxRecvBytes
+	}
+	lis, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+
+	logger := cfg.Logger.With(slog.String("grpc_server", cfg.Name))
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(codeToLevel),
+	}
+	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		logger.ErrorContext(ctx, "panic in gRPC handler",
+			slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		return status.Error(codes.Internal, "internal error")
+	})}
+	ilog := interceptorLogger(logger)
+
+	base := []grpc.ServerOption{
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		// Logging wraps recovery so that a recovered panic is logged as the
+		// Internal error it became.
+		grpc.ChainUnaryInterceptor(
+			logging.UnaryServerInterceptor(ilog, logOpts...),
+			recovery.UnaryServerInterceptor(recOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(ilog, logOpts...),
+			recovery.StreamServerInterceptor(recOpts...),
+		),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
+		// Clients ping every 30s (pkg/grpcclient), also on idle
+		// connections; allow that with margin so long streams are not
+		// closed with ENHANCE_YOUR_CALM.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+	}
+	gs := grpc.NewServer(append(base, opts...)...)
+
+	hs := health.NewServer()
+	// Not serving until Serve starts.
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.SetServingStatus(cfg.Name, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	return &Server{cfg: cfg, lis: lis, grpc: gs, health: hs}, nil
+}
+
+// GRPC returns the underlying server; register services on it before Serve.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Addr returns the address the server listens on, with the actual port.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// SetServing sets the health status of "" and Config.Name. After Serve has
+// begun stopping, the status stays NOT_SERVING whatever is asked.
+func (s *Server) SetServing(serving bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setServingLocked(serving)
+}
+
+func (s *Server) setServingLocked(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving && !s.stopped {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(s.cfg.Name, st)
+}
+
+// Serve marks the server SERVING and serves until ctx is done. It then sets
+// NOT_SERVING, stops gracefully, and cuts whatever is still open after
+// GracePeriod (GracefulStop alone waits forever on open streams). It
+// returns nil after a stop caused by ctx, or the error that ended serving.
+func (s *Server) Serve(ctx context.Context) error {
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.grpc.Serve(s.lis) }()
+	s.SetServing(true)
+
+	select {
+	case err := <-serveErr:
+		s.markStopped()
+		s.grpc.Stop()
+		if err == nil {
+			return errors.New("grpcserver: serve ended without a stop")
+		}
+		return fmt.Errorf("serve %s on %s: %w", s.cfg.Name, s.Addr(), err)
+	case <-ctx.Done():
+	}
+
+	s.markStopped()
+	graceful := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(graceful)
+	}()
+	timer := time.NewTimer(s.cfg.GracePeriod)
+	defer timer.Stop()
+	select {
+	case <-graceful:
+	case <-timer.C:
+		s.cfg.Logger.Warn("graceful stop exceeded grace period; closing open calls",
+			slog.String("grpc_server", s.cfg.Name), slog.Duration("grace_period", s.cfg.GracePeriod))
+		s.grpc.Stop()
+		<-graceful
+	}
+	// Serve returns nil once stopped; anything else is worth reporting.
+	if err := <-serveErr; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve %s on %s: %w", s.cfg.Name, s.Addr(), err)
+	}
+	return nil
+}
+
+// markStopped sets health NOT_SERVING for good, so that load balancers and
+// clients move away before the graceful stop starts.
+func (s *Server) markStopped() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	s.setServingLocked(false)
+}
+
+// codeToLevel keeps the log quiet at INFO: successful, cancelled and
+// not-found calls are DEBUG, server faults ERROR, the other errors WARN.
+func codeToLevel(c codes.Code) logging.Level {
+	switch c {
+	case codes.OK, codes.Canceled, codes.NotFound:
+		return logging.LevelDebug
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unimplemented:
+		return logging.LevelError
+	default:
+		return logging.LevelWarn
+	}
+}
+
+// interceptorLogger adapts slog to go-grpc-middleware's logging.Logger.
+func interceptorLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}

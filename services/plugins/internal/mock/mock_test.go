@@ -1,0 +1,120 @@
+package mock_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
+	"github.com/heraldchat/herald/services/plugins/internal/mock"
+	"github.com/heraldchat/herald/services/plugins/internal/pluginhost"
+)
+
+var fixed = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+func TestScripts(t *testing.T) {
+	tests := []struct {
+		recipient string
+		attempt   uint32
+		want      pluginhost.Result
+	}{
+		{"ok", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "mock-m1"}},
+		{"ok#alice", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "mock-m1"}},
+		{"fail:retryable", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "mock"}},
+		{"fail:permanent", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_001", ProviderCode: "mock"}},
+		{"fail:unknown", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_UNKNOWN, ErrorCode: "PLG_006", ProviderCode: "mock"}},
+		{"delay:1ms", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "mock-m1"}},
+		{"flaky:2", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "mock"}},
+		{"flaky:2", 2, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "mock"}},
+		{"flaky:2", 3, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "mock-m1"}},
+		{"nonsense", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_004"}},
+		{"delay:soon", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_004"}},
+		{"", 1, pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_004"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.recipient, func(t *testing.T) {
+			a := mock.New(mock.Options{Now: func() time.Time { return fixed }})
+			got := a.Deliver(t.Context(), &pluginhost.Delivery{MessageID: "m1", Recipient: tt.recipient, Attempt: tt.attempt})
+			if diff := cmp.Diff(tt.want, got, cmpopts.IgnoreFields(pluginhost.Result{}, "Description")); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			wantRecords := 0
+			if tt.want.Outcome == pluginsv1.Outcome_OUTCOME_DELIVERED {
+				wantRecords = 1
+			}
+			if n := len(a.Deliveries()); n != wantRecords {
+				t.Errorf("%d records, want %d", n, wantRecords)
+			}
+		})
+	}
+}
+
+func TestDelayHonoursCancellation(t *testing.T) {
+	a := mock.New(mock.Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	got := a.Deliver(ctx, &pluginhost.Delivery{MessageID: "m1", Recipient: "delay:1h"})
+	if got.Outcome != pluginsv1.Outcome_OUTCOME_UNKNOWN || got.ErrorCode != "PLG_006" {
+		t.Errorf("got %v %s, want UNKNOWN PLG_006", got.Outcome, got.ErrorCode)
+	}
+	if len(a.Deliveries()) != 0 {
+		t.Error("cancelled delivery was recorded")
+	}
+}
+
+func TestPanicScriptPanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("panic script did not panic")
+		}
+	}()
+	mock.New(mock.Options{}).Deliver(t.Context(), &pluginhost.Delivery{MessageID: "m1", Recipient: "panic"})
+}
+
+func TestRecordsAsJSONLines(t *testing.T) {
+	var buf bytes.Buffer
+	a := mock.New(mock.Options{Record: &buf, Now: func() time.Time { return fixed }})
+	for i, r := range []string{"ok", "fail:retryable", "ok#b"} {
+		a.Deliver(t.Context(), &pluginhost.Delivery{
+			MessageID: "m" + string(rune('1'+i)), Channel: "mock", Recipient: r,
+			Conversation: "c1", Sequence: uint64(i + 1), Attempt: 1, Text: "t",
+		})
+	}
+	want := []mock.Record{
+		{MessageID: "m1", Channel: "mock", Conversation: "c1", Sequence: 1, Attempt: 1, Text: "t", Time: fixed},
+		{MessageID: "m3", Channel: "mock", Conversation: "c1", Sequence: 3, Attempt: 1, Text: "t", Time: fixed},
+	}
+	var fromFile []mock.Record
+	for line := range strings.SplitSeq(strings.TrimSpace(buf.String()), "\n") {
+		var r mock.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		fromFile = append(fromFile, r)
+	}
+	if diff := cmp.Diff(want, fromFile); diff != "" {
+		t.Errorf("file records (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, a.Deliveries()); diff != "" {
+		t.Errorf("in-memory records (-want +got):\n%s", diff)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestUnwritableRecordIsNotDelivered(t *testing.T) {
+	a := mock.New(mock.Options{Record: failingWriter{}})
+	got := a.Deliver(t.Context(), &pluginhost.Delivery{MessageID: "m1", Recipient: "ok"})
+	if got.Outcome == pluginsv1.Outcome_OUTCOME_DELIVERED {
+		t.Errorf("got DELIVERED although the record was not written")
+	}
+}

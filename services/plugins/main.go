@@ -1,0 +1,181 @@
+// Command plugins runs herald's plugin host: the gRPC service the queue hands
+// deliveries to, with one adapter per configured channel.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/heraldchat/herald/pkg/grpcclient"
+	"github.com/heraldchat/herald/pkg/grpcserver"
+	"github.com/heraldchat/herald/pkg/telemetry"
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/services/plugins/internal/mock"
+	"github.com/heraldchat/herald/services/plugins/internal/pluginhost"
+	"github.com/heraldchat/herald/services/plugins/internal/webhook"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv); err != nil {
+		fmt.Fprintf(os.Stderr, "plugins: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	listen     string
+	channels   map[string]string // channel name -> adapter name
+	mockRecord string
+	logLevel   slog.Level
+	grace      time.Duration
+	tracker    string
+}
+
+func parseFlags(args []string, getenv func(string) string) (config, error) {
+	env := func(key, def string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
+	listen := fs.String("listen", env("HERALD_PLUGINS_LISTEN", "127.0.0.1:7303"),
+		"gRPC listen address (env HERALD_PLUGINS_LISTEN)")
+	channels := fs.String("channels", env("HERALD_PLUGINS_CHANNELS", "webhook=webhook,mock=mock"),
+		"channel table name=adapter,...; adapters: "+strings.Join(adapterNames(), ", ")+" (env HERALD_PLUGINS_CHANNELS)")
+	mockRecord := fs.String("mock-record", env("HERALD_MOCK_RECORD", ""),
+		"append each mock delivery as a JSON line to this file (env HERALD_MOCK_RECORD)")
+	logLevel := fs.String("log-level", env("HERALD_LOG_LEVEL", "info"),
+		"log level: debug, info, warn, error (env HERALD_LOG_LEVEL)")
+	tracker := fs.String("tracker", env("HERALD_TRACKER_ADDR", "127.0.0.1:7301"),
+		"tracker address, for reporting answers a dead queue could not (env HERALD_TRACKER_ADDR)")
+	grace := fs.String("grace", env("HERALD_PLUGINS_GRACE", "10s"),
+		"how long a stop waits for open streams before cutting them (env HERALD_PLUGINS_GRACE)")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected arguments %q: plugins takes flags only (see -h)", fs.Args())
+	}
+
+	cfg := config{listen: *listen, mockRecord: *mockRecord, tracker: *tracker}
+	if cfg.listen == "" {
+		return config{}, errors.New("--listen is empty: give a host:port such as 127.0.0.1:7303")
+	}
+	var err error
+	if err = cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return config{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if cfg.grace, err = time.ParseDuration(*grace); err != nil || cfg.grace <= 0 {
+		return config{}, fmt.Errorf("--grace %q: give a positive duration such as 10s", *grace)
+	}
+	ch, err := pluginhost.ParseChannels(*channels)
+	if err != nil {
+		return config{}, fmt.Errorf("--channels: %w", err)
+	}
+	for name, adapter := range ch {
+		if !slices.Contains(adapterNames(), adapter) {
+			return config{}, fmt.Errorf("--channels: channel %q names adapter %q; known adapters: %s",
+				name, adapter, strings.Join(adapterNames(), ", "))
+		}
+	}
+	cfg.channels = ch
+	return cfg, nil
+}
+
+// adapterNames lists the adapter kinds --channels may name; run builds one
+// instance of each.
+func adapterNames() []string { return []string{"mock", "webhook"} }
+
+func run(ctx context.Context, args []string, getenv func(string) string) error {
+	cfg, err := parseFlags(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+
+	logger := telemetry.NewLogger(os.Stderr, "plugins", cfg.logLevel)
+	shutdownTelemetry, err := telemetry.Setup(ctx, "herald-plugins")
+	if err != nil {
+		return fmt.Errorf("set up telemetry: %w", err)
+	}
+	defer func() {
+		// ctx is done by now; give the flush its own bound.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTelemetry(sctx); err != nil {
+			logger.Warn("flush telemetry", slog.Any("error", err))
+		}
+	}()
+
+	// One instance per adapter kind, shared by the channels that use it.
+	webhookAdapter := webhook.New()
+	defer webhookAdapter.Close()
+	mockOpts := mock.Options{}
+	if cfg.mockRecord != "" {
+		f, err := os.OpenFile(cfg.mockRecord, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("--mock-record: open %s: %w", cfg.mockRecord, err)
+		}
+		defer f.Close()
+		mockOpts.Record = f
+	}
+	adapters := map[string]pluginhost.Adapter{
+		"webhook": webhookAdapter,
+		"mock":    mock.New(mockOpts),
+	}
+	channels := make(map[string]pluginhost.Adapter, len(cfg.channels))
+	for name, kind := range cfg.channels {
+		channels[name] = adapters[kind]
+	}
+	tconn, err := grpcclient.Dial(cfg.tracker)
+	if err != nil {
+		return fmt.Errorf("--tracker %s: %w", cfg.tracker, err)
+	}
+	defer tconn.Close()
+	// Provider calls outlive a broken stream, not the process: lifetime
+	// ends after the server has stopped and every handler has reported.
+	lifetime, endLifetime := context.WithCancel(context.Background())
+	defer endLifetime()
+	host, err := pluginhost.New(channels, pluginhost.Options{
+		Logger:   logger,
+		Reporter: pluginhost.TrackerReporter{Client: trackerv1.NewTrackerServiceClient(tconn), Timeout: time.Minute},
+		Lifetime: lifetime,
+	})
+	if err != nil {
+		return fmt.Errorf("build plugin host: %w", err)
+	}
+
+	srv, err := grpcserver.New(grpcserver.Config{
+		Name:        "plugins",
+		Addr:        cfg.listen,
+		Logger:      logger,
+		GracePeriod: cfg.grace,
+	})
+	if err != nil {
+		return err
+	}
+	pluginsv1.RegisterPluginHostServiceServer(srv.GRPC(), host)
+
+	logger.Info("plugins listening", slog.String("addr", srv.Addr()), slog.Any("channels", cfg.channels))
+	fmt.Fprintf(os.Stdout, "plugins listening on %s\n", srv.Addr())
+	if err := srv.Serve(ctx); err != nil {
+		return err
+	}
+	logger.Info("plugins stopped")
+	return nil
+}

@@ -1,0 +1,240 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+)
+
+// job is one delivery handed to the plugin host and not yet answered.
+type job struct {
+	lease    *trackerv1.Lease
+	span     trace.Span
+	deadline time.Time
+}
+
+// conn is one Deliver stream and the jobs sent on it.
+type conn struct {
+	stream  pluginsv1.PluginHostService_DeliverClient
+	cancel  context.CancelFunc
+	sendMu  sync.Mutex // gRPC streams allow one sender at a time
+	pending map[uint64]*job
+	broken  bool
+}
+
+// dispatcher keeps one pipelined Deliver stream to the plugin host. When the
+// stream breaks, every job sent on it and not answered has an unknown
+// outcome: the plugin host may have called the provider.
+type dispatcher struct {
+	q      *Queue
+	mu     sync.Mutex
+	cur    *conn
+	nextID uint64
+}
+
+func newDispatcher(q *Queue) *dispatcher { return &dispatcher{q: q} }
+
+// ready opens the stream if there is none.
+func (d *dispatcher) ready(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur != nil && !d.cur.broken {
+		return nil
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	stream, err := d.q.host.Deliver(sctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("open Deliver stream: %w", err)
+	}
+	c := &conn{stream: stream, cancel: cancel, pending: map[uint64]*job{}}
+	d.cur = c
+	go d.receive(c)
+	return nil
+}
+
+// dispatch sends one leased message to the plugin host. If it cannot be
+// sent, the message was not attempted and is retried soon.
+func (d *dispatcher) dispatch(l *trackerv1.Lease) {
+	span, carrier := d.q.startAttempt(l)
+	j := &job{lease: l, span: span, deadline: d.q.now().Add(d.q.cfg.DeliverTimeout)}
+	m := l.GetMessage()
+
+	d.mu.Lock()
+	c := d.cur
+	if c == nil || c.broken {
+		d.mu.Unlock()
+		d.q.finish(j, notSent("no stream to the plugin host"), nil, 0)
+		return
+	}
+	d.nextID++
+	id := d.nextID
+	c.pending[id] = j
+	d.mu.Unlock()
+
+	req := &pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Delivery{Delivery: &pluginsv1.Delivery{
+		RequestId:        id,
+		MessageId:        m.GetId(),
+		Channel:          m.GetChannel(),
+		Recipient:        m.GetRecipient(),
+		Conversation:     m.GetConversation(),
+		Sequence:         m.GetSequence(),
+		Text:             m.GetText(),
+		Metadata:         m.GetMetadata(),
+		Attempt:          l.GetDelivery().GetAttempts(),
+		Traceparent:      carrier["traceparent"],
+		Tracestate:       carrier["tracestate"],
+		DeadlineUnixNano: j.deadline.UnixNano(),
+		LeaseToken:       l.GetDelivery().GetLeaseToken(),
+	}}}
+	c.sendMu.Lock()
+	err := c.stream.Send(req)
+	c.sendMu.Unlock()
+	if err != nil {
+		// The request may or may not have left; receive() sees the broken
+		// stream and reports every pending job, this one included, as
+		// unknown. Nothing more to do here.
+		d.q.log.Warn("send to plugin host failed", "message_id", m.GetId(), "error_code", "QUE_005", "err", err)
+		c.cancel()
+	}
+}
+
+// receive reads answers until the stream ends, then reports what is still
+// pending as unknown.
+func (d *dispatcher) receive(c *conn) {
+	for {
+		resp, err := c.stream.Recv()
+		if err != nil {
+			d.mu.Lock()
+			c.broken = true
+			orphans := c.pending
+			c.pending = map[uint64]*job{}
+			d.mu.Unlock()
+			c.cancel()
+			if len(orphans) > 0 {
+				d.q.log.Warn("plugin host stream broke with deliveries in flight; their outcome is unknown",
+					"count", len(orphans), "error_code", "QUE_006", "err", err)
+			}
+			for _, j := range orphans {
+				d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_UNKNOWN, ErrorCode: "QUE_006",
+					Description: "the plugin host stream broke before it answered"}, nil, 0)
+			}
+			return
+		}
+		d.mu.Lock()
+		j := c.pending[resp.GetRequestId()]
+		delete(c.pending, resp.GetRequestId())
+		d.mu.Unlock()
+		if j == nil {
+			d.q.log.Warn("answer for an unknown request", "request_id", resp.GetRequestId(), "error_code", "QUE_007")
+			continue
+		}
+		d.q.finish(j, resp, c, resp.GetRequestId())
+	}
+}
+
+// ack tells the plugin host which answers are now durable in the tracker,
+// so it need not report them itself if the stream breaks.
+func (d *dispatcher) ack(reports []report) {
+	byConn := map[*conn][]uint64{}
+	for _, r := range reports {
+		if r.c != nil {
+			byConn[r.c] = append(byConn[r.c], r.reqID)
+		}
+	}
+	for c, ids := range byConn {
+		c.sendMu.Lock()
+		// A broken stream needs no ack: the host reports what it holds,
+		// and the tracker refuses the repeats by their lease tokens.
+		_ = c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Ack{Ack: &pluginsv1.Ack{RequestIds: ids}}})
+		c.sendMu.Unlock()
+	}
+}
+
+// watchdog answers, as unknown, jobs the plugin host has held well past
+// their deadline, and cancels them on the host.
+func (d *dispatcher) watchdog(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := d.q.now()
+		type late struct {
+			c  *conn
+			id uint64
+			j  *job
+		}
+		var lates []late
+		d.mu.Lock()
+		if c := d.cur; c != nil {
+			for id, j := range c.pending {
+				if now.After(j.deadline.Add(5 * time.Second)) {
+					lates = append(lates, late{c, id, j})
+					delete(c.pending, id)
+				}
+			}
+		}
+		d.mu.Unlock()
+		for _, l := range lates {
+			l.c.sendMu.Lock()
+			_ = l.c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: l.id}}})
+			l.c.sendMu.Unlock()
+			d.q.finish(l.j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_UNKNOWN, ErrorCode: "QUE_008",
+				Description: "the plugin host did not answer within the delivery deadline"}, nil, 0)
+		}
+	}
+}
+
+// cancelAll cancels every pending job on the host without reporting it: the
+// leases expire into the tracker's recovery path. It returns how many.
+func (d *dispatcher) cancelAll() int {
+	d.mu.Lock()
+	c := d.cur
+	var ids []uint64
+	var jobs []*job
+	if c != nil {
+		for id, j := range c.pending {
+			ids = append(ids, id)
+			jobs = append(jobs, j)
+		}
+		c.pending = map[uint64]*job{}
+	}
+	d.mu.Unlock()
+	for _, id := range ids {
+		c.sendMu.Lock()
+		_ = c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: id}}})
+		c.sendMu.Unlock()
+	}
+	for _, j := range jobs {
+		j.span.End()
+		d.q.release(j.lease.GetMessage().GetChannel())
+	}
+	return len(ids)
+}
+
+func (d *dispatcher) close() {
+	d.mu.Lock()
+	c := d.cur
+	d.mu.Unlock()
+	if c != nil {
+		c.sendMu.Lock()
+		_ = c.stream.CloseSend()
+		c.sendMu.Unlock()
+		c.cancel()
+	}
+}
+
+// notSent is the answer for a delivery that never reached the plugin host.
+func notSent(why string) *pluginsv1.DeliverResponse {
+	return &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_001", Description: why}
+}

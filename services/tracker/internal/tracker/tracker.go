@@ -1,0 +1,300 @@
+// Package tracker serves the tracker's gRPC API over the store: it maps
+// requests to store calls, long-polls leases, streams the event log and
+// expires leases in the background. It holds no delivery state of its own.
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/services/tracker/internal/store"
+)
+
+// Limits on one call.
+const (
+	maxLeaseBatch    = 1024
+	maxLeaseWait     = 30 * time.Second
+	maxCompleteBatch = 4096
+	maxHistory       = 1000
+	eventPage        = 256
+)
+
+// Service implements trackerv1.TrackerServiceServer.
+type Service struct {
+	trackerv1.UnimplementedTrackerServiceServer
+
+	store *store.Store
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+// New returns a Service over st. The caller owns st and closes it after the
+// gRPC server has stopped.
+func New(st *store.Store, log *slog.Logger, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{store: st, log: log, now: now}
+}
+
+// Accept implements trackerv1.TrackerServiceServer.
+func (s *Service) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*trackerv1.AcceptResponse, error) {
+	if req.GetMessage() == nil {
+		return nil, status.Error(codes.InvalidArgument, "message is required")
+	}
+	a, err := s.store.Accept(req.GetMessage())
+	if err != nil {
+		return nil, s.toStatus("accept", err)
+	}
+	return &trackerv1.AcceptResponse{Message: a.Message, Delivery: a.Delivery, Duplicate: a.Duplicate}, nil
+}
+
+// Lease implements trackerv1.TrackerServiceServer. It answers as soon as
+// something is leased, or empty when wait_ms passes with nothing due.
+func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trackerv1.LeaseResponse, error) {
+	batch := int(req.GetMax())
+	if batch <= 0 || batch > maxLeaseBatch {
+		batch = maxLeaseBatch
+	}
+	leaseFor := time.Duration(req.GetLeaseDurationMs()) * time.Millisecond
+	if leaseFor <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "lease_duration_ms must be positive")
+	}
+	wait := min(time.Duration(req.GetWaitMs())*time.Millisecond, maxLeaseWait)
+	timeout := time.NewTimer(wait)
+	defer timeout.Stop()
+	for {
+		next, ok, changed := s.store.DueSignal()
+		leased, err := s.store.Lease(req.GetWorker(), batch, leaseFor, req.GetChannelSlots())
+		if err != nil {
+			return nil, s.toStatus("lease", err)
+		}
+		if len(leased) > 0 {
+			out := &trackerv1.LeaseResponse{Leases: make([]*trackerv1.Lease, len(leased))}
+			for i, l := range leased {
+				out.Leases[i] = &trackerv1.Lease{Message: l.Message, Delivery: l.Delivery}
+			}
+			return out, nil
+		}
+		// Nothing leasable now: wait for new due work, the earliest future
+		// due time, the caller's deadline, or wait_ms.
+		var dueTimer <-chan time.Time
+		var t *time.Timer
+		if ok {
+			t = time.NewTimer(max(next.Sub(s.now()), time.Millisecond))
+			dueTimer = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return &trackerv1.LeaseResponse{}, nil
+		case <-timeout.C:
+			return &trackerv1.LeaseResponse{}, nil
+		case <-changed:
+		case <-dueTimer:
+		}
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// Complete implements trackerv1.TrackerServiceServer.
+func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) (*trackerv1.CompleteResponse, error) {
+	if len(req.GetOutcomes()) > maxCompleteBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "%d outcomes in one call; send at most %d", len(req.GetOutcomes()), maxCompleteBatch)
+	}
+	outs := make([]store.Outcome, len(req.GetOutcomes()))
+	for i, o := range req.GetOutcomes() {
+		r, err := result(o.GetResult())
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "outcome %d (%s): %v", i, o.GetMessageId(), err)
+		}
+		outs[i] = store.Outcome{
+			MessageID:         o.GetMessageId(),
+			LeaseToken:        o.GetLeaseToken(),
+			Result:            r,
+			ProviderMessageID: o.GetProviderMessageId(),
+			RetryAt:           time.Unix(0, o.GetRetryAtUnixNano()),
+			ErrorCode:         o.GetErrorCode(),
+			ErrorDetail:       o.GetErrorDetail(),
+			TraceID:           o.GetTraceId(),
+			SpanID:            o.GetSpanId(),
+		}
+	}
+	applied, err := s.store.Complete(outs)
+	if err != nil {
+		return nil, s.toStatus("complete", err)
+	}
+	resp := &trackerv1.CompleteResponse{Results: make([]*trackerv1.OutcomeResult, len(applied))}
+	for i, a := range applied {
+		resp.Results[i] = &trackerv1.OutcomeResult{MessageId: a.MessageID, Applied: a.Applied, Reason: a.Reason}
+		if !a.Applied {
+			s.log.Warn("outcome not applied", "message_id", a.MessageID, "reason", a.Reason, "worker", req.GetWorker())
+		}
+	}
+	return resp, nil
+}
+
+func result(r trackerv1.Result) (store.Result, error) {
+	switch r {
+	case trackerv1.Result_RESULT_DELIVERED:
+		return store.ResultDelivered, nil
+	case trackerv1.Result_RESULT_RETRY:
+		return store.ResultRetry, nil
+	case trackerv1.Result_RESULT_FAILED:
+		return store.ResultFailed, nil
+	case trackerv1.Result_RESULT_UNKNOWN:
+		return store.ResultUnknown, nil
+	}
+	return 0, fmt.Errorf("result %s is not an outcome", r)
+}
+
+// GetMessage implements trackerv1.TrackerServiceServer.
+func (s *Service) GetMessage(ctx context.Context, req *trackerv1.GetMessageRequest) (*trackerv1.GetMessageResponse, error) {
+	m, d, timeline, err := s.store.Get(req.GetId())
+	if err != nil {
+		return nil, s.toStatus("get message", err)
+	}
+	return &trackerv1.GetMessageResponse{Message: m, Delivery: d, Timeline: timeline}, nil
+}
+
+// History implements trackerv1.TrackerServiceServer.
+func (s *Service) History(ctx context.Context, req *trackerv1.HistoryRequest) (*trackerv1.HistoryResponse, error) {
+	limit := int(req.GetLimit())
+	if limit <= 0 {
+		limit = 20
+	}
+	limit = min(limit, maxHistory)
+	var (
+		rows []store.Leased
+		err  error
+	)
+	switch {
+	case req.GetConversation() != "" && req.GetRecipient() != "":
+		return nil, status.Error(codes.InvalidArgument, "give a conversation or a recipient, not both")
+	case req.GetConversation() != "":
+		rows, err = s.store.ConversationHistory(req.GetTenant(), req.GetConversation(), limit)
+	case req.GetRecipient() != "":
+		if req.GetChannel() == "" {
+			return nil, status.Error(codes.InvalidArgument, "a recipient needs its channel")
+		}
+		rows, err = s.store.RecipientHistory(req.GetTenant(), req.GetChannel(), req.GetRecipient(), limit)
+	default:
+		return nil, status.Error(codes.InvalidArgument, "give a conversation or a recipient")
+	}
+	if err != nil {
+		return nil, s.toStatus("history", err)
+	}
+	resp := &trackerv1.HistoryResponse{Messages: make([]*trackerv1.Lease, len(rows))}
+	for i, r := range rows {
+		resp.Messages[i] = &trackerv1.Lease{Message: r.Message, Delivery: r.Delivery}
+	}
+	return resp, nil
+}
+
+// WatchEvents implements trackerv1.TrackerServiceServer.
+func (s *Service) WatchEvents(req *trackerv1.WatchEventsRequest, stream trackerv1.TrackerService_WatchEventsServer) error {
+	ctx := stream.Context()
+	after := req.GetAfterSequence()
+	for {
+		evs, err := s.store.Events(after, eventPage)
+		if err != nil {
+			return s.toStatus("read events", err)
+		}
+		for _, ev := range evs {
+			after = ev.GetSequence()
+			if !matches(ev, req) {
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+		if len(evs) == eventPage {
+			continue
+		}
+		if err := s.store.WaitEvents(ctx, after); err != nil {
+			if errors.Is(err, store.ErrClosed) {
+				return status.Error(codes.Unavailable, "tracker is shutting down; resume from the last sequence received")
+			}
+			return status.FromContextError(err).Err()
+		}
+	}
+}
+
+func matches(ev *storev1.Event, req *trackerv1.WatchEventsRequest) bool {
+	return (req.GetType() == "" || ev.GetType() == req.GetType()) &&
+		(req.GetChannel() == "" || ev.GetChannel() == req.GetChannel())
+}
+
+// Stats implements trackerv1.TrackerServiceServer.
+func (s *Service) Stats(ctx context.Context, _ *trackerv1.StatsRequest) (*trackerv1.StatsResponse, error) {
+	counts, err := s.store.Counts()
+	if err != nil {
+		return nil, s.toStatus("stats", err)
+	}
+	resp := &trackerv1.StatsResponse{
+		Counts:            map[string]int64{},
+		RecoveryIndexSize: int64(s.store.RecoverySize()),
+		LastEventSequence: s.store.LastEvent(),
+	}
+	for st, n := range counts {
+		resp.Counts[st.String()] = n
+	}
+	return resp, nil
+}
+
+// ExpireLeases moves expired leases to UNKNOWN (and on per their channel's
+// policy) every interval until ctx ends.
+func (s *Service) ExpireLeases(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			n, err := s.store.ExpireLeases(256)
+			if err != nil {
+				if !errors.Is(err, store.ErrClosed) {
+					s.log.Error("expire leases", "error_code", "TRK_003", "err", err)
+				}
+				break
+			}
+			if n > 0 {
+				s.log.Warn("leases expired without an outcome; applied the unknown-outcome policy", "count", n, "error_code", "DLV_005")
+			}
+			if n < 256 {
+				break
+			}
+		}
+	}
+}
+
+// toStatus is the one place store errors become gRPC status codes.
+func (s *Service) toStatus(op string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, store.ErrFull):
+		return status.Errorf(codes.ResourceExhausted, "%v: nothing was written; retry later or raise --max-pending", err)
+	case errors.Is(err, store.ErrClosed):
+		return status.Error(codes.Unavailable, "tracker is shutting down; nothing was written")
+	}
+	s.log.Error(op, "error_code", "TRK_004", "err", err)
+	return status.Errorf(codes.Internal, "%s: internal store error (TRK_004); see the tracker's log", op)
+}

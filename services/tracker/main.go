@@ -1,0 +1,234 @@
+// Command herald-tracker owns herald's Pebble store: every message's
+// delivery state, the recovery index and the event log.
+//
+//	herald-tracker [flags]                    serve
+//	herald-tracker verify --data-dir DIR      check a stopped tracker's store
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/pkg/grpcserver"
+	"github.com/heraldchat/herald/pkg/telemetry"
+	"github.com/heraldchat/herald/services/tracker/internal/store"
+	"github.com/heraldchat/herald/services/tracker/internal/tracker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "tracker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	listen        string
+	dataDir       string
+	maxPending    int
+	unknownPolicy string
+	logLevel      string
+	grace         time.Duration
+	sweep         time.Duration
+}
+
+func parse(name string, args []string, getenv func(string) string) (config, *flag.FlagSet, error) {
+	env := func(key, def string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return def
+	}
+	var c config
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&c.listen, "listen", env("HERALD_TRACKER_LISTEN", "127.0.0.1:7301"), "gRPC listen address (env HERALD_TRACKER_LISTEN)")
+	fs.StringVar(&c.dataDir, "data-dir", env("HERALD_DATA_DIR", "data/tracker"), "Pebble data directory; only one tracker may use it (env HERALD_DATA_DIR)")
+	fs.IntVar(&c.maxPending, "max-pending", 1_000_000, "most non-terminal messages; Send fails with RESOURCE_EXHAUSTED beyond it")
+	fs.StringVar(&c.unknownPolicy, "unknown-policy", env("HERALD_UNKNOWN_POLICY", "webhook=redeliver,mock=redeliver,*=fail"),
+		"what to do per channel when a delivery's outcome is unknown: channel=redeliver|fail|reconcile, comma-separated; * is the default (env HERALD_UNKNOWN_POLICY)")
+	fs.StringVar(&c.logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
+	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
+	fs.DurationVar(&c.sweep, "lease-sweep", 250*time.Millisecond, "how often expired leases are looked for")
+	if err := fs.Parse(args); err != nil {
+		return c, fs, err
+	}
+	if c.dataDir == "" {
+		return c, fs, errors.New("--data-dir is empty: give the folder that holds (or will hold) the store")
+	}
+	if c.maxPending <= 0 {
+		return c, fs, fmt.Errorf("--max-pending=%d: give a positive number", c.maxPending)
+	}
+	return c, fs, nil
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "verify" {
+		return verify(args[1:], getenv, stdout)
+	}
+	c, _, err := parse("herald-tracker", args, getenv)
+	if err != nil {
+		return err
+	}
+	level, err := parseLevel(c.logLevel)
+	if err != nil {
+		return err
+	}
+	policy, err := parsePolicy(c.unknownPolicy)
+	if err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(os.Stderr, "tracker", level)
+	shutdownTracing, err := telemetry.Setup(ctx, "herald-tracker")
+	if err != nil {
+		return fmt.Errorf("set up tracing: %w", err)
+	}
+	defer shutdownTracing(context.Background())
+
+	if err := os.MkdirAll(c.dataDir, 0o750); err != nil {
+		return fmt.Errorf("create data directory %s: %w", c.dataDir, err)
+	}
+	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("close store", "err", err)
+		}
+	}()
+	report := st.Verify(false)
+	if len(report.Problems) > 0 {
+		for _, p := range report.Problems {
+			log.Error("store inconsistency", "error_code", "TRK_005", "problem", p)
+		}
+		return fmt.Errorf("the store in %s failed its consistency check (%d problems, see the log); nothing was changed: run 'herald-tracker verify --data-dir %s' and restore from a backup if needed",
+			c.dataDir, len(report.Problems), c.dataDir)
+	}
+	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries)
+
+	srv, err := grpcserver.New(grpcserver.Config{Name: trackerv1.TrackerService_ServiceDesc.ServiceName, Addr: c.listen, Logger: log, GracePeriod: c.grace})
+	if err != nil {
+		return err
+	}
+	svc := tracker.New(st, log, time.Now)
+	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
+
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		svc.ExpireLeases(sweepCtx, c.sweep)
+	}()
+	defer func() { stopSweep(); <-done }()
+
+	fmt.Fprintf(stdout, "tracker listening on %s (data %s)\n", srv.Addr(), c.dataDir)
+	log.Info("serving", "addr", srv.Addr())
+	if err := srv.Serve(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped cleanly; store flushed and closed")
+	return nil
+}
+
+// verify checks a stopped tracker's store and prints the report.
+func verify(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("herald-tracker verify", flag.ContinueOnError)
+	dir := fs.String("data-dir", getenv("HERALD_DATA_DIR"), "data directory of a stopped tracker")
+	full := fs.Bool("full", true, "also check the event log and decode every record")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("verify needs --data-dir")
+	}
+	if _, err := os.Stat(*dir); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	st, err := store.Open(*dir, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	r := st.Verify(*full)
+	printReport(stdout, r)
+	if len(r.Problems) > 0 {
+		return fmt.Errorf("%d problems found", len(r.Problems))
+	}
+	return nil
+}
+
+func printReport(w io.Writer, r store.Report) {
+	fmt.Fprintf(w, "messages: %d\nrecovery index entries: %d\n", r.Messages, r.RecoveryEntries)
+	for st, n := range r.Counts {
+		fmt.Fprintf(w, "  %-16s %d\n", st, n)
+	}
+	if r.Events > 0 {
+		fmt.Fprintf(w, "events: %d\n", r.Events)
+	}
+	fmt.Fprintf(w, "state hash: %s\n", r.StateHash)
+	if len(r.Problems) == 0 {
+		fmt.Fprintln(w, "OK: no problems found")
+		return
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "PROBLEM: %s\n", p)
+	}
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level=%q: use debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// parsePolicy reads "webhook=redeliver,mock=redeliver,*=fail".
+func parsePolicy(s string) (func(string) store.UnknownPolicy, error) {
+	m := map[string]store.UnknownPolicy{}
+	def := store.PolicyFail
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, val, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("--unknown-policy: %q is not channel=policy", part)
+		}
+		var p store.UnknownPolicy
+		switch val {
+		case "redeliver":
+			p = store.PolicyRedeliver
+		case "fail":
+			p = store.PolicyFail
+		case "reconcile":
+			p = store.PolicyReconcile
+		default:
+			return nil, fmt.Errorf("--unknown-policy: %q for %s: use redeliver, fail or reconcile", val, name)
+		}
+		if name == "*" {
+			def = p
+		} else {
+			m[name] = p
+		}
+	}
+	return func(ch string) store.UnknownPolicy {
+		if p, ok := m[ch]; ok {
+			return p
+		}
+		return def
+	}, nil
+}
