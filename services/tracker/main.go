@@ -14,13 +14,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
-	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/pkg/telemetry"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 	"github.com/heraldchat/herald/services/tracker/internal/tracker"
 )
@@ -42,6 +43,7 @@ type config struct {
 	logLevel      string
 	grace         time.Duration
 	sweep         time.Duration
+	backupDir     string
 }
 
 func parse(name string, args []string, getenv func(string) string) (config, *flag.FlagSet, error) {
@@ -59,6 +61,7 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	fs.StringVar(&c.unknownPolicy, "unknown-policy", env("HERALD_UNKNOWN_POLICY", "webhook=redeliver,mock=redeliver,*=fail"),
 		"what to do per channel when a delivery's outcome is unknown: channel=redeliver|fail|reconcile, comma-separated; * is the default (env HERALD_UNKNOWN_POLICY)")
 	fs.StringVar(&c.logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
+	fs.StringVar(&c.backupDir, "backup-dir", env("HERALD_BACKUP_DIR", ""), "folder for online backups (herald backup); default <data-dir>/../backups (env HERALD_BACKUP_DIR)")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
 	fs.DurationVar(&c.sweep, "lease-sweep", 250*time.Millisecond, "how often expired leases are looked for")
 	if err := fs.Parse(args); err != nil {
@@ -66,6 +69,9 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	}
 	if c.dataDir == "" {
 		return c, fs, errors.New("--data-dir is empty: give the folder that holds (or will hold) the store")
+	}
+	if c.backupDir == "" {
+		c.backupDir = filepath.Join(filepath.Dir(filepath.Clean(c.dataDir)), "backups")
 	}
 	if c.maxPending <= 0 {
 		return c, fs, fmt.Errorf("--max-pending=%d: give a positive number", c.maxPending)
@@ -122,7 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	svc := tracker.New(st, log, time.Now)
+	svc := tracker.New(st, log, time.Now, c.backupDir)
 	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)

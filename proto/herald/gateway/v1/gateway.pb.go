@@ -90,6 +90,614 @@ func (DeliveryState) EnumDescriptor() ([]byte, []int) {
 	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
 }
 
+type AbortRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRequest) Reset() {
+	*x = AbortRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRequest) ProtoMessage() {}
+
+func (x *AbortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
+func (*AbortRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AbortRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AbortRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AbortResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         DeliveryState          `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
+	AlreadyFinal  bool                   `protobuf:"varint,2,opt,name=already_final,json=alreadyFinal,proto3" json:"already_final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortResponse) Reset() {
+	*x = AbortResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortResponse) ProtoMessage() {}
+
+func (x *AbortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
+func (*AbortResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AbortResponse) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *AbortResponse) GetAlreadyFinal() bool {
+	if x != nil {
+		return x.AlreadyFinal
+	}
+	return false
+}
+
+type ListDeadLettersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	Code          string                 `protobuf:"bytes,3,opt,name=code,proto3" json:"code,omitempty"`
+	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListDeadLettersRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListDeadLettersRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListDeadLettersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListDeadLettersResponse) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+type RedriveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveRequest) Reset() {
+	*x = RedriveRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveRequest) ProtoMessage() {}
+
+func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
+func (*RedriveRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RedriveRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RedriveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         DeliveryState          `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveResponse) Reset() {
+	*x = RedriveResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveResponse) ProtoMessage() {}
+
+func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
+func (*RedriveResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RedriveResponse) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+type PurgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeRequest) Reset() {
+	*x = PurgeRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeRequest) ProtoMessage() {}
+
+func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
+func (*PurgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PurgeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type PurgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         DeliveryState          `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeResponse) Reset() {
+	*x = PurgeResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeResponse) ProtoMessage() {}
+
+func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
+func (*PurgeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PurgeResponse) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keep          uint32                 `protobuf:"varint,1,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BackupRequest) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+type BackupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BackupResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type VerifyStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Full          bool                   `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyStateRequest) Reset() {
+	*x = VerifyStateRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyStateRequest) ProtoMessage() {}
+
+func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyStateRequest.ProtoReflect.Descriptor instead.
+func (*VerifyStateRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *VerifyStateRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+type VerifyStateResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Counts          map[string]int64       `protobuf:"bytes,1,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Messages        int64                  `protobuf:"varint,2,opt,name=messages,proto3" json:"messages,omitempty"`
+	RecoveryEntries int64                  `protobuf:"varint,3,opt,name=recovery_entries,json=recoveryEntries,proto3" json:"recovery_entries,omitempty"`
+	Events          int64                  `protobuf:"varint,4,opt,name=events,proto3" json:"events,omitempty"`
+	StateHash       string                 `protobuf:"bytes,5,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	Problems        []string               `protobuf:"bytes,6,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *VerifyStateResponse) Reset() {
+	*x = VerifyStateResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyStateResponse) ProtoMessage() {}
+
+func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyStateResponse.ProtoReflect.Descriptor instead.
+func (*VerifyStateResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *VerifyStateResponse) GetCounts() map[string]int64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *VerifyStateResponse) GetMessages() int64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+func (x *VerifyStateResponse) GetRecoveryEntries() int64 {
+	if x != nil {
+		return x.RecoveryEntries
+	}
+	return 0
+}
+
+func (x *VerifyStateResponse) GetEvents() int64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *VerifyStateResponse) GetStateHash() string {
+	if x != nil {
+		return x.StateHash
+	}
+	return ""
+}
+
+func (x *VerifyStateResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 type SendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Defaults to "default".
@@ -113,7 +721,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -125,7 +733,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -138,7 +746,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SendRequest) GetTenant() string {
@@ -210,7 +818,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +830,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +843,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SendResponse) GetId() string {
@@ -275,7 +883,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +895,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +908,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -337,7 +945,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +957,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +970,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Message) GetId() string {
@@ -511,7 +1119,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +1131,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +1144,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -633,7 +1241,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +1253,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +1266,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetMessageResponse) GetMessage() *Message {
@@ -690,7 +1298,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +1310,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +1323,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -762,7 +1370,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +1382,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +1395,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -808,7 +1416,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1428,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1441,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -865,7 +1473,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1485,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1498,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 type ServiceStatus struct {
@@ -906,7 +1514,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1526,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1539,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -973,7 +1581,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1593,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1606,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusResponse) GetServices() []*ServiceStatus {
@@ -1026,7 +1634,45 @@ var File_herald_gateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x02\n" +
+	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n" +
+	"\fAbortRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"l\n" +
+	"\rAbortResponse\x126\n" +
+	"\x05state\x18\x01 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\x12#\n" +
+	"\ralready_final\x18\x02 \x01(\bR\falreadyFinal\"\x8e\x01\n" +
+	"\x16ListDeadLettersRequest\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\tR\x04code\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"Q\n" +
+	"\x17ListDeadLettersResponse\x126\n" +
+	"\bmessages\x18\x01 \x03(\v2\x1a.herald.gateway.v1.MessageR\bmessages\" \n" +
+	"\x0eRedriveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"I\n" +
+	"\x0fRedriveResponse\x126\n" +
+	"\x05state\x18\x01 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\"\x1e\n" +
+	"\fPurgeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"G\n" +
+	"\rPurgeResponse\x126\n" +
+	"\x05state\x18\x01 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\"#\n" +
+	"\rBackupRequest\x12\x12\n" +
+	"\x04keep\x18\x01 \x01(\rR\x04keep\"$\n" +
+	"\x0eBackupResponse\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"(\n" +
+	"\x12VerifyStateRequest\x12\x12\n" +
+	"\x04full\x18\x01 \x01(\bR\x04full\"\xb6\x02\n" +
+	"\x13VerifyStateResponse\x12J\n" +
+	"\x06counts\x18\x01 \x03(\v22.herald.gateway.v1.VerifyStateResponse.CountsEntryR\x06counts\x12\x1a\n" +
+	"\bmessages\x18\x02 \x01(\x03R\bmessages\x12)\n" +
+	"\x10recovery_entries\x18\x03 \x01(\x03R\x0frecoveryEntries\x12\x16\n" +
+	"\x06events\x18\x04 \x01(\x03R\x06events\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x05 \x01(\tR\tstateHash\x12\x1a\n" +
+	"\bproblems\x18\x06 \x03(\tR\bproblems\x1a9\n" +
+	"\vCountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xe6\x02\n" +
 	"\vSendRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1c\n" +
@@ -1125,14 +1771,20 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x04\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16DELIVERY_STATE_ABORTED\x10\x06\x12\x1a\n" +
-	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xa7\x03\n" +
+	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xa8\a\n" +
 	"\x0eGatewayService\x12G\n" +
 	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12Y\n" +
 	"\n" +
 	"GetMessage\x12$.herald.gateway.v1.GetMessageRequest\x1a%.herald.gateway.v1.GetMessageResponse\x12P\n" +
 	"\aHistory\x12!.herald.gateway.v1.HistoryRequest\x1a\".herald.gateway.v1.HistoryResponse\x12P\n" +
 	"\vWatchEvents\x12%.herald.gateway.v1.WatchEventsRequest\x1a\x18.herald.gateway.v1.Event0\x01\x12M\n" +
-	"\x06Status\x12 .herald.gateway.v1.StatusRequest\x1a!.herald.gateway.v1.StatusResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
+	"\x06Status\x12 .herald.gateway.v1.StatusRequest\x1a!.herald.gateway.v1.StatusResponse\x12J\n" +
+	"\x05Abort\x12\x1f.herald.gateway.v1.AbortRequest\x1a .herald.gateway.v1.AbortResponse\x12h\n" +
+	"\x0fListDeadLetters\x12).herald.gateway.v1.ListDeadLettersRequest\x1a*.herald.gateway.v1.ListDeadLettersResponse\x12P\n" +
+	"\aRedrive\x12!.herald.gateway.v1.RedriveRequest\x1a\".herald.gateway.v1.RedriveResponse\x12J\n" +
+	"\x05Purge\x12\x1f.herald.gateway.v1.PurgeRequest\x1a .herald.gateway.v1.PurgeResponse\x12M\n" +
+	"\x06Backup\x12 .herald.gateway.v1.BackupRequest\x1a!.herald.gateway.v1.BackupResponse\x12\\\n" +
+	"\vVerifyState\x12%.herald.gateway.v1.VerifyStateRequest\x1a&.herald.gateway.v1.VerifyStateResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_herald_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -1147,56 +1799,87 @@ func file_herald_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_herald_gateway_v1_gateway_proto_goTypes = []any{
-	(DeliveryState)(0),            // 0: herald.gateway.v1.DeliveryState
-	(*SendRequest)(nil),           // 1: herald.gateway.v1.SendRequest
-	(*SendResponse)(nil),          // 2: herald.gateway.v1.SendResponse
-	(*GetMessageRequest)(nil),     // 3: herald.gateway.v1.GetMessageRequest
-	(*Message)(nil),               // 4: herald.gateway.v1.Message
-	(*Event)(nil),                 // 5: herald.gateway.v1.Event
-	(*GetMessageResponse)(nil),    // 6: herald.gateway.v1.GetMessageResponse
-	(*HistoryRequest)(nil),        // 7: herald.gateway.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 8: herald.gateway.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),    // 9: herald.gateway.v1.WatchEventsRequest
-	(*StatusRequest)(nil),         // 10: herald.gateway.v1.StatusRequest
-	(*ServiceStatus)(nil),         // 11: herald.gateway.v1.ServiceStatus
-	(*StatusResponse)(nil),        // 12: herald.gateway.v1.StatusResponse
-	nil,                           // 13: herald.gateway.v1.SendRequest.MetadataEntry
-	nil,                           // 14: herald.gateway.v1.Message.MetadataEntry
-	nil,                           // 15: herald.gateway.v1.StatusResponse.CountsEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(DeliveryState)(0),              // 0: herald.gateway.v1.DeliveryState
+	(*AbortRequest)(nil),            // 1: herald.gateway.v1.AbortRequest
+	(*AbortResponse)(nil),           // 2: herald.gateway.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil),  // 3: herald.gateway.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 4: herald.gateway.v1.ListDeadLettersResponse
+	(*RedriveRequest)(nil),          // 5: herald.gateway.v1.RedriveRequest
+	(*RedriveResponse)(nil),         // 6: herald.gateway.v1.RedriveResponse
+	(*PurgeRequest)(nil),            // 7: herald.gateway.v1.PurgeRequest
+	(*PurgeResponse)(nil),           // 8: herald.gateway.v1.PurgeResponse
+	(*BackupRequest)(nil),           // 9: herald.gateway.v1.BackupRequest
+	(*BackupResponse)(nil),          // 10: herald.gateway.v1.BackupResponse
+	(*VerifyStateRequest)(nil),      // 11: herald.gateway.v1.VerifyStateRequest
+	(*VerifyStateResponse)(nil),     // 12: herald.gateway.v1.VerifyStateResponse
+	(*SendRequest)(nil),             // 13: herald.gateway.v1.SendRequest
+	(*SendResponse)(nil),            // 14: herald.gateway.v1.SendResponse
+	(*GetMessageRequest)(nil),       // 15: herald.gateway.v1.GetMessageRequest
+	(*Message)(nil),                 // 16: herald.gateway.v1.Message
+	(*Event)(nil),                   // 17: herald.gateway.v1.Event
+	(*GetMessageResponse)(nil),      // 18: herald.gateway.v1.GetMessageResponse
+	(*HistoryRequest)(nil),          // 19: herald.gateway.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 20: herald.gateway.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),      // 21: herald.gateway.v1.WatchEventsRequest
+	(*StatusRequest)(nil),           // 22: herald.gateway.v1.StatusRequest
+	(*ServiceStatus)(nil),           // 23: herald.gateway.v1.ServiceStatus
+	(*StatusResponse)(nil),          // 24: herald.gateway.v1.StatusResponse
+	nil,                             // 25: herald.gateway.v1.VerifyStateResponse.CountsEntry
+	nil,                             // 26: herald.gateway.v1.SendRequest.MetadataEntry
+	nil,                             // 27: herald.gateway.v1.Message.MetadataEntry
+	nil,                             // 28: herald.gateway.v1.StatusResponse.CountsEntry
+	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
 }
 var file_herald_gateway_v1_gateway_proto_depIdxs = []int32{
-	13, // 0: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
-	0,  // 1: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	14, // 2: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
-	0,  // 3: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
-	16, // 4: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
-	16, // 5: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	16, // 6: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
-	16, // 7: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 8: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
-	4,  // 9: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
-	5,  // 10: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
-	4,  // 11: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
-	11, // 12: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
-	15, // 13: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
-	1,  // 14: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
-	3,  // 15: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
-	7,  // 16: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
-	9,  // 17: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
-	10, // 18: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
-	2,  // 19: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
-	6,  // 20: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
-	8,  // 21: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
-	5,  // 22: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
-	12, // 23: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	0,  // 0: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	29, // 1: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 2: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
+	0,  // 3: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 4: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	25, // 5: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
+	26, // 6: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
+	0,  // 7: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	27, // 8: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
+	0,  // 9: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
+	29, // 10: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
+	29, // 11: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
+	29, // 12: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
+	29, // 13: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 14: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
+	16, // 15: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
+	17, // 16: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
+	16, // 17: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
+	23, // 18: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
+	28, // 19: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
+	13, // 20: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
+	15, // 21: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
+	19, // 22: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
+	21, // 23: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
+	22, // 24: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
+	1,  // 25: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
+	3,  // 26: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
+	5,  // 27: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
+	7,  // 28: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
+	9,  // 29: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
+	11, // 30: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
+	14, // 31: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
+	18, // 32: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
+	20, // 33: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
+	17, // 34: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
+	24, // 35: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
+	2,  // 36: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
+	4,  // 37: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
+	6,  // 38: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
+	8,  // 39: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
+	10, // 40: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
+	12, // 41: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
+	31, // [31:42] is the sub-list for method output_type
+	20, // [20:31] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_herald_gateway_v1_gateway_proto_init() }
@@ -1210,7 +1893,7 @@ func file_herald_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_gateway_v1_gateway_proto_rawDesc), len(file_herald_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

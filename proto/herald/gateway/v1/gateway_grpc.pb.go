@@ -22,11 +22,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GatewayService_Send_FullMethodName        = "/herald.gateway.v1.GatewayService/Send"
-	GatewayService_GetMessage_FullMethodName  = "/herald.gateway.v1.GatewayService/GetMessage"
-	GatewayService_History_FullMethodName     = "/herald.gateway.v1.GatewayService/History"
-	GatewayService_WatchEvents_FullMethodName = "/herald.gateway.v1.GatewayService/WatchEvents"
-	GatewayService_Status_FullMethodName      = "/herald.gateway.v1.GatewayService/Status"
+	GatewayService_Send_FullMethodName            = "/herald.gateway.v1.GatewayService/Send"
+	GatewayService_GetMessage_FullMethodName      = "/herald.gateway.v1.GatewayService/GetMessage"
+	GatewayService_History_FullMethodName         = "/herald.gateway.v1.GatewayService/History"
+	GatewayService_WatchEvents_FullMethodName     = "/herald.gateway.v1.GatewayService/WatchEvents"
+	GatewayService_Status_FullMethodName          = "/herald.gateway.v1.GatewayService/Status"
+	GatewayService_Abort_FullMethodName           = "/herald.gateway.v1.GatewayService/Abort"
+	GatewayService_ListDeadLetters_FullMethodName = "/herald.gateway.v1.GatewayService/ListDeadLetters"
+	GatewayService_Redrive_FullMethodName         = "/herald.gateway.v1.GatewayService/Redrive"
+	GatewayService_Purge_FullMethodName           = "/herald.gateway.v1.GatewayService/Purge"
+	GatewayService_Backup_FullMethodName          = "/herald.gateway.v1.GatewayService/Backup"
+	GatewayService_VerifyState_FullMethodName     = "/herald.gateway.v1.GatewayService/VerifyState"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -57,6 +63,31 @@ type GatewayServiceClient interface {
 	// delivery state. Idempotent; a service that does not answer is reported
 	// as such, not as an error.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Abort cancels a message before delivery. The abort is durable before
+	// this returns: afterwards the message is never sent or re-sent, by the
+	// live path or by recovery after any restart. A delivery in flight is
+	// cancelled; if the provider confirmed it first, it stays DELIVERED.
+	// Idempotent: aborting again, or aborting a finished message, returns its
+	// state with already_final=true and changes nothing.
+	// Errors: INVALID_ARGUMENT (no id), NOT_FOUND, UNAVAILABLE.
+	Abort(ctx context.Context, in *AbortRequest, opts ...grpc.CallOption) (*AbortResponse, error)
+	// ListDeadLetters lists FAILED messages (dead letters), oldest first.
+	// Idempotent.
+	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
+	// Redrive sends a dead letter again with a fresh attempt budget; its
+	// history is kept. Not idempotent in effect (a redriven message that
+	// fails again can be redriven again).
+	// Errors: NOT_FOUND, FAILED_PRECONDITION (not a dead letter).
+	Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
+	// Purge removes a dead letter from the list; the message and its history
+	// stay readable. Errors: NOT_FOUND, FAILED_PRECONDITION.
+	Purge(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error)
+	// Backup makes an online, consistent checkpoint of the tracker's store in
+	// its backup folder, keeping the newest keep (default 3).
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
+	// VerifyState checks the tracker's store invariants on a consistent
+	// snapshot and lists every problem found. Idempotent.
+	VerifyState(ctx context.Context, in *VerifyStateRequest, opts ...grpc.CallOption) (*VerifyStateResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -126,6 +157,66 @@ func (c *gatewayServiceClient) Status(ctx context.Context, in *StatusRequest, op
 	return out, nil
 }
 
+func (c *gatewayServiceClient) Abort(ctx context.Context, in *AbortRequest, opts ...grpc.CallOption) (*AbortResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AbortResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Abort_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeadLettersResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedriveResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Redrive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) Purge(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Purge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BackupResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Backup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) VerifyState(ctx context.Context, in *VerifyStateRequest, opts ...grpc.CallOption) (*VerifyStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyStateResponse)
+	err := c.cc.Invoke(ctx, GatewayService_VerifyState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -154,6 +245,31 @@ type GatewayServiceServer interface {
 	// delivery state. Idempotent; a service that does not answer is reported
 	// as such, not as an error.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Abort cancels a message before delivery. The abort is durable before
+	// this returns: afterwards the message is never sent or re-sent, by the
+	// live path or by recovery after any restart. A delivery in flight is
+	// cancelled; if the provider confirmed it first, it stays DELIVERED.
+	// Idempotent: aborting again, or aborting a finished message, returns its
+	// state with already_final=true and changes nothing.
+	// Errors: INVALID_ARGUMENT (no id), NOT_FOUND, UNAVAILABLE.
+	Abort(context.Context, *AbortRequest) (*AbortResponse, error)
+	// ListDeadLetters lists FAILED messages (dead letters), oldest first.
+	// Idempotent.
+	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
+	// Redrive sends a dead letter again with a fresh attempt budget; its
+	// history is kept. Not idempotent in effect (a redriven message that
+	// fails again can be redriven again).
+	// Errors: NOT_FOUND, FAILED_PRECONDITION (not a dead letter).
+	Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error)
+	// Purge removes a dead letter from the list; the message and its history
+	// stay readable. Errors: NOT_FOUND, FAILED_PRECONDITION.
+	Purge(context.Context, *PurgeRequest) (*PurgeResponse, error)
+	// Backup makes an online, consistent checkpoint of the tracker's store in
+	// its backup folder, keeping the newest keep (default 3).
+	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
+	// VerifyState checks the tracker's store invariants on a consistent
+	// snapshot and lists every problem found. Idempotent.
+	VerifyState(context.Context, *VerifyStateRequest) (*VerifyStateResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -178,6 +294,24 @@ func (UnimplementedGatewayServiceServer) WatchEvents(*WatchEventsRequest, grpc.S
 }
 func (UnimplementedGatewayServiceServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedGatewayServiceServer) Abort(context.Context, *AbortRequest) (*AbortResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Abort not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
+func (UnimplementedGatewayServiceServer) Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Redrive not implemented")
+}
+func (UnimplementedGatewayServiceServer) Purge(context.Context, *PurgeRequest) (*PurgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Purge not implemented")
+}
+func (UnimplementedGatewayServiceServer) Backup(context.Context, *BackupRequest) (*BackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedGatewayServiceServer) VerifyState(context.Context, *VerifyStateRequest) (*VerifyStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyState not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -283,6 +417,114 @@ func _GatewayService_Status_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_Abort_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AbortRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Abort(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Abort_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Abort(ctx, req.(*AbortRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ListDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListDeadLetters(ctx, req.(*ListDeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_Redrive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedriveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Redrive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Redrive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Redrive(ctx, req.(*RedriveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_Purge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Purge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Purge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Purge(ctx, req.(*PurgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_Backup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Backup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Backup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Backup(ctx, req.(*BackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_VerifyState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).VerifyState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_VerifyState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).VerifyState(ctx, req.(*VerifyStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -305,6 +547,30 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _GatewayService_Status_Handler,
+		},
+		{
+			MethodName: "Abort",
+			Handler:    _GatewayService_Abort_Handler,
+		},
+		{
+			MethodName: "ListDeadLetters",
+			Handler:    _GatewayService_ListDeadLetters_Handler,
+		},
+		{
+			MethodName: "Redrive",
+			Handler:    _GatewayService_Redrive_Handler,
+		},
+		{
+			MethodName: "Purge",
+			Handler:    _GatewayService_Purge_Handler,
+		},
+		{
+			MethodName: "Backup",
+			Handler:    _GatewayService_Backup_Handler,
+		},
+		{
+			MethodName: "VerifyState",
+			Handler:    _GatewayService_VerifyState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

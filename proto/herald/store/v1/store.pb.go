@@ -271,8 +271,12 @@ type Delivery struct {
 	Reason string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Lease expiry time of the entry that put the message into UNKNOWN.
 	UnknownSinceUnixNano int64 `protobuf:"varint,12,opt,name=unknown_since_unix_nano,json=unknownSinceUnixNano,proto3" json:"unknown_since_unix_nano,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Set when an abort arrives while the message is IN_FLIGHT: its attempt
+	// may still be confirmed (DELIVERED); any other end makes it ABORTED and
+	// it is never sent again.
+	AbortRequested bool `protobuf:"varint,13,opt,name=abort_requested,json=abortRequested,proto3" json:"abort_requested,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -387,6 +391,13 @@ func (x *Delivery) GetUnknownSinceUnixNano() int64 {
 		return x.UnknownSinceUnixNano
 	}
 	return 0
+}
+
+func (x *Delivery) GetAbortRequested() bool {
+	if x != nil {
+		return x.AbortRequested
+	}
+	return false
 }
 
 // Event is one entry of the event log and of a message's timeline.
@@ -557,7 +568,7 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\x14expires_at_unix_nano\x18\r \x01(\x03R\x11expiresAtUnixNano\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x04\n" +
 	"\bDelivery\x12,\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x16.herald.store.v1.StateR\x05state\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
@@ -573,7 +584,8 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\n" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x16\n" +
 	"\x06reason\x18\v \x01(\tR\x06reason\x125\n" +
-	"\x17unknown_since_unix_nano\x18\f \x01(\x03R\x14unknownSinceUnixNano\"\x85\x03\n" +
+	"\x17unknown_since_unix_nano\x18\f \x01(\x03R\x14unknownSinceUnixNano\x12'\n" +
+	"\x0fabort_requested\x18\r \x01(\bR\x0eabortRequested\"\x85\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x12\n" +

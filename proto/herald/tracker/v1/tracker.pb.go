@@ -85,6 +85,486 @@ func (Result) EnumDescriptor() ([]byte, []int) {
 	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
 }
 
+type AbortRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRequest) Reset() {
+	*x = AbortRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRequest) ProtoMessage() {}
+
+func (x *AbortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
+func (*AbortRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AbortRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AbortRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AbortResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Delivery *v1.Delivery           `protobuf:"bytes,1,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	// True when the message had already finished (or was already aborting):
+	// nothing changed.
+	AlreadyFinal  bool `protobuf:"varint,2,opt,name=already_final,json=alreadyFinal,proto3" json:"already_final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortResponse) Reset() {
+	*x = AbortResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortResponse) ProtoMessage() {}
+
+func (x *AbortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
+func (*AbortResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AbortResponse) GetDelivery() *v1.Delivery {
+	if x != nil {
+		return x.Delivery
+	}
+	return nil
+}
+
+func (x *AbortResponse) GetAlreadyFinal() bool {
+	if x != nil {
+		return x.AlreadyFinal
+	}
+	return false
+}
+
+type ListDeadLettersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	SinceUnixNano int64                  `protobuf:"varint,2,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	Code          string                 `protobuf:"bytes,3,opt,name=code,proto3" json:"code,omitempty"`
+	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListDeadLettersRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *ListDeadLettersRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type RedriveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveRequest) Reset() {
+	*x = RedriveRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveRequest) ProtoMessage() {}
+
+func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
+func (*RedriveRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RedriveRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RedriveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Delivery      *v1.Delivery           `protobuf:"bytes,1,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveResponse) Reset() {
+	*x = RedriveResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveResponse) ProtoMessage() {}
+
+func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
+func (*RedriveResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RedriveResponse) GetDelivery() *v1.Delivery {
+	if x != nil {
+		return x.Delivery
+	}
+	return nil
+}
+
+type BackupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest backups to keep; default 3.
+	Keep          uint32 `protobuf:"varint,1,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BackupRequest) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Folder of the new backup on the tracker's host.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BackupResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type VerifyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Full          bool                   `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyRequest) Reset() {
+	*x = VerifyRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyRequest) ProtoMessage() {}
+
+func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
+func (*VerifyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VerifyRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+type VerifyResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Counts          map[string]int64       `protobuf:"bytes,1,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Messages        int64                  `protobuf:"varint,2,opt,name=messages,proto3" json:"messages,omitempty"`
+	RecoveryEntries int64                  `protobuf:"varint,3,opt,name=recovery_entries,json=recoveryEntries,proto3" json:"recovery_entries,omitempty"`
+	Events          int64                  `protobuf:"varint,4,opt,name=events,proto3" json:"events,omitempty"`
+	StateHash       string                 `protobuf:"bytes,5,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	Problems        []string               `protobuf:"bytes,6,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *VerifyResponse) Reset() {
+	*x = VerifyResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyResponse) ProtoMessage() {}
+
+func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
+func (*VerifyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *VerifyResponse) GetCounts() map[string]int64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *VerifyResponse) GetMessages() int64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetRecoveryEntries() int64 {
+	if x != nil {
+		return x.RecoveryEntries
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetEvents() int64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *VerifyResponse) GetStateHash() string {
+	if x != nil {
+		return x.StateHash
+	}
+	return ""
+}
+
+func (x *VerifyResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 type AcceptRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The message; id, tenant, channel and recipient are required. sequence
@@ -96,7 +576,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +588,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +601,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AcceptRequest) GetMessage() *v1.Message {
@@ -143,7 +623,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +635,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +648,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AcceptResponse) GetMessage() *v1.Message {
@@ -210,7 +690,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +702,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +715,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LeaseRequest) GetWorker() string {
@@ -283,7 +763,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +775,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +788,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Lease) GetMessage() *v1.Message {
@@ -334,7 +814,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +826,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +839,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseResponse) GetLeases() []*Lease {
@@ -388,7 +868,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +880,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +893,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -496,7 +976,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +988,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +1001,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CompleteRequest) GetWorker() string {
@@ -550,7 +1030,7 @@ type OutcomeResult struct {
 
 func (x *OutcomeResult) Reset() {
 	*x = OutcomeResult{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +1042,7 @@ func (x *OutcomeResult) String() string {
 func (*OutcomeResult) ProtoMessage() {}
 
 func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +1055,7 @@ func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeResult.ProtoReflect.Descriptor instead.
 func (*OutcomeResult) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OutcomeResult) GetMessageId() string {
@@ -608,7 +1088,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +1100,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +1113,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CompleteResponse) GetResults() []*OutcomeResult {
@@ -652,7 +1132,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +1144,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +1157,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -698,7 +1178,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +1190,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +1203,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetMessageResponse) GetMessage() *v1.Message {
@@ -761,7 +1241,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +1253,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +1266,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -833,7 +1313,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1325,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1338,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HistoryResponse) GetMessages() []*Lease {
@@ -882,7 +1362,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1374,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1387,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -939,7 +1419,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1431,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1444,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
 }
 
 type StatsResponse struct {
@@ -979,7 +1459,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1471,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1484,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatsResponse) GetCounts() map[string]int64 {
@@ -1032,7 +1512,39 @@ var File_herald_tracker_v1_tracker_proto protoreflect.FileDescriptor
 
 const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"C\n" +
+	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"6\n" +
+	"\fAbortRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"k\n" +
+	"\rAbortResponse\x125\n" +
+	"\bdelivery\x18\x01 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12#\n" +
+	"\ralready_final\x18\x02 \x01(\bR\falreadyFinal\"\x84\x01\n" +
+	"\x16ListDeadLettersRequest\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12&\n" +
+	"\x0fsince_unix_nano\x18\x02 \x01(\x03R\rsinceUnixNano\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\tR\x04code\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\" \n" +
+	"\x0eRedriveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x0fRedriveResponse\x125\n" +
+	"\bdelivery\x18\x01 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\"#\n" +
+	"\rBackupRequest\x12\x12\n" +
+	"\x04keep\x18\x01 \x01(\rR\x04keep\"$\n" +
+	"\x0eBackupResponse\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"#\n" +
+	"\rVerifyRequest\x12\x12\n" +
+	"\x04full\x18\x01 \x01(\bR\x04full\"\xac\x02\n" +
+	"\x0eVerifyResponse\x12E\n" +
+	"\x06counts\x18\x01 \x03(\v2-.herald.tracker.v1.VerifyResponse.CountsEntryR\x06counts\x12\x1a\n" +
+	"\bmessages\x18\x02 \x01(\x03R\bmessages\x12)\n" +
+	"\x10recovery_entries\x18\x03 \x01(\x03R\x0frecoveryEntries\x12\x16\n" +
+	"\x06events\x18\x04 \x01(\x03R\x06events\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x05 \x01(\tR\tstateHash\x12\x1a\n" +
+	"\bproblems\x18\x06 \x03(\tR\bproblems\x1a9\n" +
+	"\vCountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"C\n" +
 	"\rAcceptRequest\x122\n" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\"\x99\x01\n" +
 	"\x0eAcceptResponse\x122\n" +
@@ -1109,7 +1621,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x10RESULT_DELIVERED\x10\x01\x12\x10\n" +
 	"\fRESULT_RETRY\x10\x02\x12\x11\n" +
 	"\rRESULT_FAILED\x10\x03\x12\x12\n" +
-	"\x0eRESULT_UNKNOWN\x10\x042\xc9\x04\n" +
+	"\x0eRESULT_UNKNOWN\x10\x042\xb7\b\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
@@ -1118,7 +1630,13 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"GetMessage\x12$.herald.tracker.v1.GetMessageRequest\x1a%.herald.tracker.v1.GetMessageResponse\x12P\n" +
 	"\aHistory\x12!.herald.tracker.v1.HistoryRequest\x1a\".herald.tracker.v1.HistoryResponse\x12N\n" +
 	"\vWatchEvents\x12%.herald.tracker.v1.WatchEventsRequest\x1a\x16.herald.store.v1.Event0\x01\x12J\n" +
-	"\x05Stats\x12\x1f.herald.tracker.v1.StatsRequest\x1a .herald.tracker.v1.StatsResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
+	"\x05Stats\x12\x1f.herald.tracker.v1.StatsRequest\x1a .herald.tracker.v1.StatsResponse\x12J\n" +
+	"\x05Abort\x12\x1f.herald.tracker.v1.AbortRequest\x1a .herald.tracker.v1.AbortResponse\x12`\n" +
+	"\x0fListDeadLetters\x12).herald.tracker.v1.ListDeadLettersRequest\x1a\".herald.tracker.v1.HistoryResponse\x12P\n" +
+	"\aRedrive\x12!.herald.tracker.v1.RedriveRequest\x1a\".herald.tracker.v1.RedriveResponse\x12N\n" +
+	"\x05Purge\x12!.herald.tracker.v1.RedriveRequest\x1a\".herald.tracker.v1.RedriveResponse\x12M\n" +
+	"\x06Backup\x12 .herald.tracker.v1.BackupRequest\x1a!.herald.tracker.v1.BackupResponse\x12M\n" +
+	"\x06Verify\x12 .herald.tracker.v1.VerifyRequest\x1a!.herald.tracker.v1.VerifyResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
 
 var (
 	file_herald_tracker_v1_tracker_proto_rawDescOnce sync.Once
@@ -1133,66 +1651,91 @@ func file_herald_tracker_v1_tracker_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_tracker_v1_tracker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_herald_tracker_v1_tracker_proto_goTypes = []any{
-	(Result)(0),                // 0: herald.tracker.v1.Result
-	(*AcceptRequest)(nil),      // 1: herald.tracker.v1.AcceptRequest
-	(*AcceptResponse)(nil),     // 2: herald.tracker.v1.AcceptResponse
-	(*LeaseRequest)(nil),       // 3: herald.tracker.v1.LeaseRequest
-	(*Lease)(nil),              // 4: herald.tracker.v1.Lease
-	(*LeaseResponse)(nil),      // 5: herald.tracker.v1.LeaseResponse
-	(*Outcome)(nil),            // 6: herald.tracker.v1.Outcome
-	(*CompleteRequest)(nil),    // 7: herald.tracker.v1.CompleteRequest
-	(*OutcomeResult)(nil),      // 8: herald.tracker.v1.OutcomeResult
-	(*CompleteResponse)(nil),   // 9: herald.tracker.v1.CompleteResponse
-	(*GetMessageRequest)(nil),  // 10: herald.tracker.v1.GetMessageRequest
-	(*GetMessageResponse)(nil), // 11: herald.tracker.v1.GetMessageResponse
-	(*HistoryRequest)(nil),     // 12: herald.tracker.v1.HistoryRequest
-	(*HistoryResponse)(nil),    // 13: herald.tracker.v1.HistoryResponse
-	(*WatchEventsRequest)(nil), // 14: herald.tracker.v1.WatchEventsRequest
-	(*StatsRequest)(nil),       // 15: herald.tracker.v1.StatsRequest
-	(*StatsResponse)(nil),      // 16: herald.tracker.v1.StatsResponse
-	nil,                        // 17: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	nil,                        // 18: herald.tracker.v1.StatsResponse.CountsEntry
-	(*v1.Message)(nil),         // 19: herald.store.v1.Message
-	(*v1.Delivery)(nil),        // 20: herald.store.v1.Delivery
-	(*v1.Event)(nil),           // 21: herald.store.v1.Event
+	(Result)(0),                    // 0: herald.tracker.v1.Result
+	(*AbortRequest)(nil),           // 1: herald.tracker.v1.AbortRequest
+	(*AbortResponse)(nil),          // 2: herald.tracker.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil), // 3: herald.tracker.v1.ListDeadLettersRequest
+	(*RedriveRequest)(nil),         // 4: herald.tracker.v1.RedriveRequest
+	(*RedriveResponse)(nil),        // 5: herald.tracker.v1.RedriveResponse
+	(*BackupRequest)(nil),          // 6: herald.tracker.v1.BackupRequest
+	(*BackupResponse)(nil),         // 7: herald.tracker.v1.BackupResponse
+	(*VerifyRequest)(nil),          // 8: herald.tracker.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 9: herald.tracker.v1.VerifyResponse
+	(*AcceptRequest)(nil),          // 10: herald.tracker.v1.AcceptRequest
+	(*AcceptResponse)(nil),         // 11: herald.tracker.v1.AcceptResponse
+	(*LeaseRequest)(nil),           // 12: herald.tracker.v1.LeaseRequest
+	(*Lease)(nil),                  // 13: herald.tracker.v1.Lease
+	(*LeaseResponse)(nil),          // 14: herald.tracker.v1.LeaseResponse
+	(*Outcome)(nil),                // 15: herald.tracker.v1.Outcome
+	(*CompleteRequest)(nil),        // 16: herald.tracker.v1.CompleteRequest
+	(*OutcomeResult)(nil),          // 17: herald.tracker.v1.OutcomeResult
+	(*CompleteResponse)(nil),       // 18: herald.tracker.v1.CompleteResponse
+	(*GetMessageRequest)(nil),      // 19: herald.tracker.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 20: herald.tracker.v1.GetMessageResponse
+	(*HistoryRequest)(nil),         // 21: herald.tracker.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 22: herald.tracker.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),     // 23: herald.tracker.v1.WatchEventsRequest
+	(*StatsRequest)(nil),           // 24: herald.tracker.v1.StatsRequest
+	(*StatsResponse)(nil),          // 25: herald.tracker.v1.StatsResponse
+	nil,                            // 26: herald.tracker.v1.VerifyResponse.CountsEntry
+	nil,                            // 27: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	nil,                            // 28: herald.tracker.v1.StatsResponse.CountsEntry
+	(*v1.Delivery)(nil),            // 29: herald.store.v1.Delivery
+	(*v1.Message)(nil),             // 30: herald.store.v1.Message
+	(*v1.Event)(nil),               // 31: herald.store.v1.Event
 }
 var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
-	19, // 0: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
-	19, // 1: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
-	20, // 2: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
-	17, // 3: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	19, // 4: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
-	20, // 5: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
-	4,  // 6: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
-	0,  // 7: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
-	6,  // 8: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
-	8,  // 9: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
-	19, // 10: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
-	20, // 11: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
-	21, // 12: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
-	4,  // 13: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
-	18, // 14: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
-	1,  // 15: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
-	3,  // 16: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
-	7,  // 17: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	10, // 18: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	12, // 19: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	14, // 20: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	15, // 21: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	2,  // 22: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	5,  // 23: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	9,  // 24: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	11, // 25: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	13, // 26: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	21, // 27: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	16, // 28: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	29, // 0: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
+	29, // 1: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
+	26, // 2: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
+	30, // 3: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
+	30, // 4: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
+	29, // 5: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
+	27, // 6: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	30, // 7: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
+	29, // 8: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
+	13, // 9: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
+	0,  // 10: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
+	15, // 11: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
+	17, // 12: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
+	30, // 13: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
+	29, // 14: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
+	31, // 15: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
+	13, // 16: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
+	28, // 17: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
+	10, // 18: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
+	12, // 19: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
+	16, // 20: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
+	19, // 21: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	21, // 22: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	23, // 23: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	24, // 24: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	1,  // 25: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	3,  // 26: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	4,  // 27: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	4,  // 28: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	6,  // 29: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	8,  // 30: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	11, // 31: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	14, // 32: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	18, // 33: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	20, // 34: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	22, // 35: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	31, // 36: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	25, // 37: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	2,  // 38: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	22, // 39: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	5,  // 40: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	5,  // 41: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	7,  // 42: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	9,  // 43: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	31, // [31:44] is the sub-list for method output_type
+	18, // [18:31] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_herald_tracker_v1_tracker_proto_init() }
@@ -1206,7 +1749,7 @@ func file_herald_tracker_v1_tracker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_tracker_v1_tracker_proto_rawDesc), len(file_herald_tracker_v1_tracker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

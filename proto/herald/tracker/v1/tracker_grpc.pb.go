@@ -23,13 +23,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TrackerService_Accept_FullMethodName      = "/herald.tracker.v1.TrackerService/Accept"
-	TrackerService_Lease_FullMethodName       = "/herald.tracker.v1.TrackerService/Lease"
-	TrackerService_Complete_FullMethodName    = "/herald.tracker.v1.TrackerService/Complete"
-	TrackerService_GetMessage_FullMethodName  = "/herald.tracker.v1.TrackerService/GetMessage"
-	TrackerService_History_FullMethodName     = "/herald.tracker.v1.TrackerService/History"
-	TrackerService_WatchEvents_FullMethodName = "/herald.tracker.v1.TrackerService/WatchEvents"
-	TrackerService_Stats_FullMethodName       = "/herald.tracker.v1.TrackerService/Stats"
+	TrackerService_Accept_FullMethodName          = "/herald.tracker.v1.TrackerService/Accept"
+	TrackerService_Lease_FullMethodName           = "/herald.tracker.v1.TrackerService/Lease"
+	TrackerService_Complete_FullMethodName        = "/herald.tracker.v1.TrackerService/Complete"
+	TrackerService_GetMessage_FullMethodName      = "/herald.tracker.v1.TrackerService/GetMessage"
+	TrackerService_History_FullMethodName         = "/herald.tracker.v1.TrackerService/History"
+	TrackerService_WatchEvents_FullMethodName     = "/herald.tracker.v1.TrackerService/WatchEvents"
+	TrackerService_Stats_FullMethodName           = "/herald.tracker.v1.TrackerService/Stats"
+	TrackerService_Abort_FullMethodName           = "/herald.tracker.v1.TrackerService/Abort"
+	TrackerService_ListDeadLetters_FullMethodName = "/herald.tracker.v1.TrackerService/ListDeadLetters"
+	TrackerService_Redrive_FullMethodName         = "/herald.tracker.v1.TrackerService/Redrive"
+	TrackerService_Purge_FullMethodName           = "/herald.tracker.v1.TrackerService/Purge"
+	TrackerService_Backup_FullMethodName          = "/herald.tracker.v1.TrackerService/Backup"
+	TrackerService_Verify_FullMethodName          = "/herald.tracker.v1.TrackerService/Verify"
 )
 
 // TrackerServiceClient is the client API for TrackerService service.
@@ -68,6 +74,25 @@ type TrackerServiceClient interface {
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.Event], error)
 	// Stats returns counts per state and the recovery-index size.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Abort cancels a message durably before answering (see
+	// herald.gateway.v1.GatewayService.Abort). Idempotent: aborting again, or
+	// aborting a finished message, answers already_final with its state and
+	// changes nothing. Errors: NOT_FOUND.
+	Abort(ctx context.Context, in *AbortRequest, opts ...grpc.CallOption) (*AbortResponse, error)
+	// ListDeadLetters lists FAILED messages, oldest failure first.
+	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
+	// Redrive makes a FAILED message PENDING with a fresh attempt budget,
+	// keeping its history. Errors: NOT_FOUND, FAILED_PRECONDITION (not a dead
+	// letter).
+	Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
+	// Purge removes a FAILED message from the dead-letter list; the message
+	// and its history stay. Errors: NOT_FOUND, FAILED_PRECONDITION.
+	Purge(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
+	// Backup writes an online, consistent checkpoint of the store into a
+	// folder under the tracker's backup root and keeps the newest keep.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
+	// Verify checks the store's invariants on a consistent snapshot.
+	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 }
 
 type trackerServiceClient struct {
@@ -157,6 +182,66 @@ func (c *trackerServiceClient) Stats(ctx context.Context, in *StatsRequest, opts
 	return out, nil
 }
 
+func (c *trackerServiceClient) Abort(ctx context.Context, in *AbortRequest, opts ...grpc.CallOption) (*AbortResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AbortResponse)
+	err := c.cc.Invoke(ctx, TrackerService_Abort_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*HistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HistoryResponse)
+	err := c.cc.Invoke(ctx, TrackerService_ListDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedriveResponse)
+	err := c.cc.Invoke(ctx, TrackerService_Redrive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) Purge(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedriveResponse)
+	err := c.cc.Invoke(ctx, TrackerService_Purge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BackupResponse)
+	err := c.cc.Invoke(ctx, TrackerService_Backup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyResponse)
+	err := c.cc.Invoke(ctx, TrackerService_Verify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrackerServiceServer is the server API for TrackerService service.
 // All implementations must embed UnimplementedTrackerServiceServer
 // for forward compatibility.
@@ -193,6 +278,25 @@ type TrackerServiceServer interface {
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[v1.Event]) error
 	// Stats returns counts per state and the recovery-index size.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Abort cancels a message durably before answering (see
+	// herald.gateway.v1.GatewayService.Abort). Idempotent: aborting again, or
+	// aborting a finished message, answers already_final with its state and
+	// changes nothing. Errors: NOT_FOUND.
+	Abort(context.Context, *AbortRequest) (*AbortResponse, error)
+	// ListDeadLetters lists FAILED messages, oldest failure first.
+	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*HistoryResponse, error)
+	// Redrive makes a FAILED message PENDING with a fresh attempt budget,
+	// keeping its history. Errors: NOT_FOUND, FAILED_PRECONDITION (not a dead
+	// letter).
+	Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error)
+	// Purge removes a FAILED message from the dead-letter list; the message
+	// and its history stay. Errors: NOT_FOUND, FAILED_PRECONDITION.
+	Purge(context.Context, *RedriveRequest) (*RedriveResponse, error)
+	// Backup writes an online, consistent checkpoint of the store into a
+	// folder under the tracker's backup root and keeps the newest keep.
+	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
+	// Verify checks the store's invariants on a consistent snapshot.
+	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	mustEmbedUnimplementedTrackerServiceServer()
 }
 
@@ -223,6 +327,24 @@ func (UnimplementedTrackerServiceServer) WatchEvents(*WatchEventsRequest, grpc.S
 }
 func (UnimplementedTrackerServiceServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedTrackerServiceServer) Abort(context.Context, *AbortRequest) (*AbortResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Abort not implemented")
+}
+func (UnimplementedTrackerServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*HistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
+func (UnimplementedTrackerServiceServer) Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Redrive not implemented")
+}
+func (UnimplementedTrackerServiceServer) Purge(context.Context, *RedriveRequest) (*RedriveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Purge not implemented")
+}
+func (UnimplementedTrackerServiceServer) Backup(context.Context, *BackupRequest) (*BackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedTrackerServiceServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
 }
 func (UnimplementedTrackerServiceServer) mustEmbedUnimplementedTrackerServiceServer() {}
 func (UnimplementedTrackerServiceServer) testEmbeddedByValue()                        {}
@@ -364,6 +486,114 @@ func _TrackerService_Stats_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrackerService_Abort_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AbortRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).Abort(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_Abort_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).Abort(ctx, req.(*AbortRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_ListDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).ListDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_ListDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).ListDeadLetters(ctx, req.(*ListDeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_Redrive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedriveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).Redrive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_Redrive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).Redrive(ctx, req.(*RedriveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_Purge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedriveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).Purge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_Purge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).Purge(ctx, req.(*RedriveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_Backup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).Backup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_Backup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).Backup(ctx, req.(*BackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_Verify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).Verify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_Verify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).Verify(ctx, req.(*VerifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TrackerService_ServiceDesc is the grpc.ServiceDesc for TrackerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -394,6 +624,30 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _TrackerService_Stats_Handler,
+		},
+		{
+			MethodName: "Abort",
+			Handler:    _TrackerService_Abort_Handler,
+		},
+		{
+			MethodName: "ListDeadLetters",
+			Handler:    _TrackerService_ListDeadLetters_Handler,
+		},
+		{
+			MethodName: "Redrive",
+			Handler:    _TrackerService_Redrive_Handler,
+		},
+		{
+			MethodName: "Purge",
+			Handler:    _TrackerService_Purge_Handler,
+		},
+		{
+			MethodName: "Backup",
+			Handler:    _TrackerService_Backup_Handler,
+		},
+		{
+			MethodName: "Verify",
+			Handler:    _TrackerService_Verify_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

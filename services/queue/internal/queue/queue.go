@@ -167,6 +167,7 @@ func (q *Queue) Run(ctx context.Context) error {
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	go q.disp.watchdog(watchCtx)
+	go q.followAborts(watchCtx)
 
 	q.leaseLoop(ctx)
 

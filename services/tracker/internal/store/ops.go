@@ -342,6 +342,16 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) error {
 	next := proto.CloneOf(d)
 	next.LeaseExpiresUnixNano = 0
+	if d.GetAbortRequested() && o.Result != ResultDelivered {
+		// Aborted in flight and not confirmed: it ends here, never retried.
+		next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
+		abortedEnd(next)
+		if err := t.transition(m, d, next); err != nil {
+			return err
+		}
+		t.event(EventAborted, m, next, o.ErrorCode, "attempt ended after the abort: "+d.GetReason())
+		return nil
+	}
 	var ev *storev1.Event
 	switch o.Result {
 	case ResultDelivered:
@@ -387,6 +397,14 @@ func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) e
 // and applies its channel's policy in the same batch. It never makes it
 // PENDING unless the channel's sink deduplicates (PolicyRedeliver).
 func (t *txn) unknown(m *storev1.Message, d, next *storev1.Delivery, code, detail, traceID, spanID string) error {
+	if d.GetAbortRequested() {
+		abortedEnd(next)
+		if err := t.transition(m, d, next); err != nil {
+			return err
+		}
+		t.event(EventAborted, m, next, code, "outcome unknown after the abort; never retried: "+d.GetReason())
+		return nil
+	}
 	next.State = storev1.State_STATE_UNKNOWN
 	next.UnknownSinceUnixNano = t.now
 	next.LeaseExpiresUnixNano = 0

@@ -31,18 +31,20 @@ const (
 type Service struct {
 	trackerv1.UnimplementedTrackerServiceServer
 
-	store *store.Store
-	log   *slog.Logger
-	now   func() time.Time
+	store     *store.Store
+	log       *slog.Logger
+	now       func() time.Time
+	backupDir string
 }
 
-// New returns a Service over st. The caller owns st and closes it after the
-// gRPC server has stopped.
-func New(st *store.Store, log *slog.Logger, now func() time.Time) *Service {
+// New returns a Service over st. backupDir is where Backup writes
+// checkpoints ("" disables Backup). The caller owns st and closes it after
+// the gRPC server has stopped.
+func New(st *store.Store, log *slog.Logger, now func() time.Time, backupDir string) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{store: st, log: log, now: now}
+	return &Service{store: st, log: log, now: now, backupDir: backupDir}
 }
 
 // Accept implements trackerv1.TrackerServiceServer.
@@ -292,9 +294,98 @@ func (s *Service) toStatus(op string, err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrFull):
 		return status.Errorf(codes.ResourceExhausted, "%v: nothing was written; retry later or raise --max-pending", err)
+	case errors.Is(err, store.ErrNotDeadLetter):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrClosed):
 		return status.Error(codes.Unavailable, "tracker is shutting down; nothing was written")
 	}
 	s.log.Error(op, "error_code", "TRK_004", "err", err)
 	return status.Errorf(codes.Internal, "%s: internal store error (TRK_004); see the tracker's log", op)
+}
+
+// Abort implements trackerv1.TrackerServiceServer.
+func (s *Service) Abort(ctx context.Context, req *trackerv1.AbortRequest) (*trackerv1.AbortResponse, error) {
+	if req.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "id is required")
+	}
+	d, err := s.store.Abort(req.GetId(), req.GetReason())
+	if errors.Is(err, store.ErrTerminal) {
+		return &trackerv1.AbortResponse{Delivery: d, AlreadyFinal: true}, nil
+	}
+	if err != nil {
+		return nil, s.toStatus("abort", err)
+	}
+	return &trackerv1.AbortResponse{Delivery: d}, nil
+}
+
+// ListDeadLetters implements trackerv1.TrackerServiceServer.
+func (s *Service) ListDeadLetters(ctx context.Context, req *trackerv1.ListDeadLettersRequest) (*trackerv1.HistoryResponse, error) {
+	f := store.DeadLetterFilter{Channel: req.GetChannel(), Code: req.GetCode(), Limit: int(req.GetLimit())}
+	if req.GetSinceUnixNano() != 0 {
+		f.Since = time.Unix(0, req.GetSinceUnixNano())
+	}
+	if f.Limit <= 0 || f.Limit > maxHistory {
+		f.Limit = maxHistory
+	}
+	rows, err := s.store.DeadLetters(f)
+	if err != nil {
+		return nil, s.toStatus("list dead letters", err)
+	}
+	resp := &trackerv1.HistoryResponse{Messages: make([]*trackerv1.Lease, len(rows))}
+	for i, r := range rows {
+		resp.Messages[i] = &trackerv1.Lease{Message: r.Message, Delivery: r.Delivery}
+	}
+	return resp, nil
+}
+
+// Redrive implements trackerv1.TrackerServiceServer.
+func (s *Service) Redrive(ctx context.Context, req *trackerv1.RedriveRequest) (*trackerv1.RedriveResponse, error) {
+	d, err := s.store.Redrive(req.GetId())
+	if err != nil {
+		return nil, s.toStatus("redrive", err)
+	}
+	return &trackerv1.RedriveResponse{Delivery: d}, nil
+}
+
+// Purge implements trackerv1.TrackerServiceServer.
+func (s *Service) Purge(ctx context.Context, req *trackerv1.RedriveRequest) (*trackerv1.RedriveResponse, error) {
+	d, err := s.store.Purge(req.GetId())
+	if err != nil {
+		return nil, s.toStatus("purge", err)
+	}
+	return &trackerv1.RedriveResponse{Delivery: d}, nil
+}
+
+// Backup implements trackerv1.TrackerServiceServer.
+func (s *Service) Backup(ctx context.Context, req *trackerv1.BackupRequest) (*trackerv1.BackupResponse, error) {
+	if s.backupDir == "" {
+		return nil, status.Error(codes.FailedPrecondition, "no backup folder configured: start the tracker with --backup-dir")
+	}
+	keep := int(req.GetKeep())
+	if keep == 0 {
+		keep = 3
+	}
+	path, err := s.store.Backup(s.backupDir, keep, s.now())
+	if err != nil {
+		return nil, s.toStatus("backup", err)
+	}
+	s.log.Info("backup written", "path", path, "keep", keep)
+	return &trackerv1.BackupResponse{Path: path}, nil
+}
+
+// Verify implements trackerv1.TrackerServiceServer.
+func (s *Service) Verify(ctx context.Context, req *trackerv1.VerifyRequest) (*trackerv1.VerifyResponse, error) {
+	r := s.store.Verify(req.GetFull())
+	resp := &trackerv1.VerifyResponse{
+		Counts:          map[string]int64{},
+		Messages:        int64(r.Messages),
+		RecoveryEntries: int64(r.RecoveryEntries),
+		Events:          int64(r.Events),
+		StateHash:       r.StateHash,
+		Problems:        r.Problems,
+	}
+	for st, n := range r.Counts {
+		resp.Counts[st.String()] = n
+	}
+	return resp, nil
 }

@@ -1,0 +1,45 @@
+// Package gatewaytest starts a real gateway in-process for tests that need
+// one beside other services.
+package gatewaytest
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/pkg/grpcclient"
+	"github.com/heraldchat/herald/pkg/grpcserver"
+	"github.com/heraldchat/herald/services/gateway/internal/gateway"
+)
+
+// Start serves a gateway in front of the tracker until the test ends and
+// returns its address.
+func Start(t testing.TB, trackerAddr string) string {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	tc, err := grpcclient.Dial(trackerAddr)
+	if err != nil {
+		t.Fatalf("gatewaytest: %v", err)
+	}
+	srv, err := grpcserver.New(grpcserver.Config{Name: gatewayv1.GatewayService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})
+	if err != nil {
+		t.Fatalf("gatewaytest: %v", err)
+	}
+	svc, err := gateway.New(gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log})
+	if err != nil {
+		t.Fatalf("gatewaytest: %v", err)
+	}
+	gatewayv1.RegisterGatewayServiceServer(srv.GRPC(), svc)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		tc.Close()
+	})
+	return srv.Addr()
+}

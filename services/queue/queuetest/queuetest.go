@@ -1,0 +1,56 @@
+// Package queuetest starts a real queue in-process for tests that need one
+// beside other services.
+package queuetest
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
+	queuev1 "github.com/heraldchat/herald/proto/herald/queue/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/pkg/grpcclient"
+	"github.com/heraldchat/herald/pkg/grpcserver"
+	"github.com/heraldchat/herald/services/queue/internal/queue"
+)
+
+// Start runs a queue against the tracker and plugin host until the test
+// ends, with short retry delays, and returns its address.
+func Start(t testing.TB, trackerAddr, pluginsAddr string) string {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	tc, err := grpcclient.Dial(trackerAddr)
+	if err != nil {
+		t.Fatalf("queuetest: %v", err)
+	}
+	pc, err := grpcclient.Dial(pluginsAddr)
+	if err != nil {
+		t.Fatalf("queuetest: %v", err)
+	}
+	cfg := queue.Config{
+		Worker:         "queuetest",
+		DeliverTimeout: 2 * time.Second,
+		DrainTimeout:   2 * time.Second,
+		DefaultRetry:   queue.RetryPolicy{Initial: 20 * time.Millisecond, Multiplier: 2, Max: 200 * time.Millisecond, MaxAttempts: 5},
+	}
+	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tc), pluginsv1.NewPluginHostServiceClient(pc), log, time.Now)
+	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})
+	if err != nil {
+		t.Fatalf("queuetest: %v", err)
+	}
+	queuev1.RegisterQueueServiceServer(srv.GRPC(), q)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { srv.Serve(ctx); done <- struct{}{} }()
+	go func() { q.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		<-done
+		tc.Close()
+		pc.Close()
+	})
+	return srv.Addr()
+}

@@ -1,0 +1,53 @@
+// Package trackertest starts a real tracker in-process, on 127.0.0.1:0 over
+// Pebble's in-memory filesystem, for tests that need one beside other
+// services. Like net/http/httptest, it is for tests only.
+package trackertest
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+	"github.com/heraldchat/herald/pkg/grpcserver"
+	"github.com/heraldchat/herald/services/tracker/internal/store"
+	"github.com/heraldchat/herald/services/tracker/internal/tracker"
+)
+
+// Start serves a tracker until the test ends and returns its address.
+// redeliver lists channels whose unknown outcomes are re-sent; others fail.
+func Start(t testing.TB, redeliver ...string) string {
+	t.Helper()
+	policy := func(ch string) store.UnknownPolicy {
+		for _, r := range redeliver {
+			if r == ch {
+				return store.PolicyRedeliver
+			}
+		}
+		return store.PolicyFail
+	}
+	st, err := store.Open("tracker", store.Options{FS: vfs.NewMem(), UnknownPolicy: policy, CacheSize: 8 << 20})
+	if err != nil {
+		t.Fatalf("trackertest: open store: %v", err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	srv, err := grpcserver.New(grpcserver.Config{Name: trackerv1.TrackerService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})
+	if err != nil {
+		t.Fatalf("trackertest: %v", err)
+	}
+	svc := tracker.New(st, log, time.Now, t.TempDir())
+	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	go svc.ExpireLeases(ctx, 100*time.Millisecond)
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		st.Close()
+	})
+	return srv.Addr()
+}
