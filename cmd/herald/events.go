@@ -21,24 +21,35 @@ func newEventsCmd(a *app) *cobra.Command {
 	var (
 		req    gatewayv1.WatchEventsRequest
 		follow bool
+		since  string
 	)
 	cmd := &cobra.Command{
-		Use:   "events [--type T] [--channel CH] [--since-seq N] [--follow]",
+		Use:   "events [--type T] [--channel CH] [--since 1h|TIME] [--since-seq N] [--follow]",
 		Short: "Print delivery events; with --follow, keep streaming until Ctrl-C",
 		Example: `  herald events --type delivery.failed
-  herald events --channel telegram --since-seq 1200 --follow`,
+  herald events --channel telegram --since-seq 1200 --follow
+  herald events --type delivery.failed --since 1h`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var after time.Time
+			if since != "" {
+				t, err := parseSince("since", since, a.now())
+				if err != nil {
+					return err
+				}
+				after = t
+			}
 			client, err := a.client()
 			if err != nil {
 				return err
 			}
-			return watchEvents(cmd.Context(), a, client, &req, follow)
+			return watchEvents(cmd.Context(), a, client, &req, follow, after)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Type, "type", "", "only events of this type, such as delivery.failed")
 	f.StringVar(&req.Channel, "channel", "", "only events of this channel")
+	f.StringVar(&since, "since", "", "only events at or after then: a duration such as 1h, or a time such as 2026-11-21T10:00:00Z")
 	f.Uint64Var(&req.AfterSequence, "since-seq", 0, "only events after this sequence number (resume from the last one printed)")
 	f.BoolVarP(&follow, "follow", "f", false, "keep streaming new events until interrupted")
 	return cmd
@@ -51,8 +62,9 @@ type recvResult struct {
 
 // watchEvents prints events until the stream ends, the user interrupts
 // (parent is cancelled), or, without follow, no event arrives within
-// caughtUpAfter of the last one.
-func watchEvents(parent context.Context, a *app, client gatewayv1.GatewayServiceClient, req *gatewayv1.WatchEventsRequest, follow bool) error {
+// caughtUpAfter of the last one. Events before since (unless it is zero) are
+// read but not printed: the gateway filters by sequence, not by time.
+func watchEvents(parent context.Context, a *app, client gatewayv1.GatewayServiceClient, req *gatewayv1.WatchEventsRequest, follow bool, since time.Time) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	stream, err := client.WatchEvents(ctx, req)
@@ -112,9 +124,13 @@ func watchEvents(parent context.Context, a *app, client gatewayv1.GatewayService
 				}
 				return a.callError(r.err, "watch events", "")
 			}
-			if err := printEvent(a, r.event); err != nil {
-				return err
+			if since.IsZero() || !r.event.GetTime().AsTime().Before(since) {
+				if err := printEvent(a, r.event); err != nil {
+					return err
+				}
 			}
+			// Skipped events count too: the stream is not idle while it
+			// replays what came before --since.
 			if idleTimer != nil {
 				idleTimer.Reset(caughtUpAfter)
 			}

@@ -1,6 +1,7 @@
 // Command herald is the operator's command line for a running herald: send a
-// message, read its state and history, watch delivery events and check the
-// services' health. It talks only to the gateway's public API.
+// message, read its state and history, watch delivery events, check the
+// services' health, abort messages, work the dead-letter list, back up and
+// verify the tracker's store. It talks only to the gateway's public API.
 package main
 
 import (
@@ -36,7 +37,7 @@ func main() {
 // run executes one herald command and returns the process exit code. Errors
 // are printed to stderr as "herald: <what happened and what to do>".
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout}
+	a := &app{stdout: stdout, now: time.Now}
 	root := newRootCmd(a, getenv)
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -53,6 +54,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // app holds the global flags and the gateway connection shared by commands.
 type app struct {
 	stdout io.Writer
+	// now is the clock that --since durations count back from.
+	now func() time.Time
 
 	gateway string
 	tenant  string
@@ -94,7 +97,8 @@ func newRootCmd(a *app, getenv func(string) string) *cobra.Command {
 		return fmt.Errorf("%v (see '%s --help')", err, cmd.CommandPath())
 	})
 
-	root.AddCommand(newSendCmd(a), newGetCmd(a), newHistoryCmd(a), newStatusCmd(a), newEventsCmd(a))
+	root.AddCommand(newSendCmd(a), newGetCmd(a), newHistoryCmd(a), newStatusCmd(a), newEventsCmd(a),
+		newAbortCmd(a), newDLQCmd(a), newBackupCmd(a), newStateCmd(a))
 	return root
 }
 
@@ -172,6 +176,22 @@ func (a *app) printJSON(m proto.Message) error {
 // stateName is a delivery state's short name: PENDING, DELIVERED, ...
 func stateName(s gatewayv1.DeliveryState) string {
 	return strings.TrimPrefix(s.String(), "DELIVERY_STATE_")
+}
+
+// parseSince reads a --since value: a duration back from now ("1h", "90m")
+// or an RFC 3339 time ("2026-11-21T10:00:00Z").
+func parseSince(flag, v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("--%s %q: give a positive duration, such as 1h", flag, v)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--%s %q: give a duration back from now, such as 1h or 30m, or a time, such as 2026-11-21T10:00:00Z", flag, v)
+	}
+	return t, nil
 }
 
 // formatTime formats t in UTC with milliseconds, or "-" when unset.

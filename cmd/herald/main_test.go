@@ -29,10 +29,22 @@ type fakeGateway struct {
 	// gateway does.
 	holdStream bool
 
+	// deadLetters is ListDeadLetters' answer, whatever the filters.
+	deadLetters []*gatewayv1.Message
+	// states are the messages Abort, Redrive and Purge act on, by id.
+	states   map[string]gatewayv1.DeliveryState
+	verify   *gatewayv1.VerifyStateResponse
+	adminErr error
+
 	mu       sync.Mutex
 	sends    []*gatewayv1.SendRequest
 	history  []*gatewayv1.HistoryRequest
 	watching []*gatewayv1.WatchEventsRequest
+	aborts   []*gatewayv1.AbortRequest
+	dlqLists []*gatewayv1.ListDeadLettersRequest
+	redriven []string
+	purged   []string
+	backups  []*gatewayv1.BackupRequest
 }
 
 var accepted = time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
@@ -107,6 +119,79 @@ func (f *fakeGateway) WatchEvents(req *gatewayv1.WatchEventsRequest, stream grpc
 		<-stream.Context().Done()
 	}
 	return nil
+}
+
+func (f *fakeGateway) Abort(_ context.Context, req *gatewayv1.AbortRequest) (*gatewayv1.AbortResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.aborts = append(f.aborts, req)
+	st, ok := f.states[req.GetId()]
+	if !ok {
+		return nil, status.Error(codes.NotFound, "message not found")
+	}
+	if st != gatewayv1.DeliveryState_DELIVERY_STATE_PENDING {
+		return &gatewayv1.AbortResponse{State: st, AlreadyFinal: true}, nil
+	}
+	f.states[req.GetId()] = gatewayv1.DeliveryState_DELIVERY_STATE_ABORTED
+	return &gatewayv1.AbortResponse{State: gatewayv1.DeliveryState_DELIVERY_STATE_ABORTED}, nil
+}
+
+func (f *fakeGateway) ListDeadLetters(_ context.Context, req *gatewayv1.ListDeadLettersRequest) (*gatewayv1.ListDeadLettersResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dlqLists = append(f.dlqLists, req)
+	return &gatewayv1.ListDeadLettersResponse{Messages: f.deadLetters}, nil
+}
+
+// deadLetter answers Redrive and Purge like the tracker does: only a FAILED
+// message is a dead letter.
+func (f *fakeGateway) deadLetter(id string, log *[]string) (gatewayv1.DeliveryState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.adminErr != nil {
+		return 0, f.adminErr
+	}
+	st, ok := f.states[id]
+	if !ok {
+		return 0, status.Errorf(codes.NotFound, "no message with id %q", id)
+	}
+	if st != gatewayv1.DeliveryState_DELIVERY_STATE_FAILED {
+		return 0, status.Errorf(codes.FailedPrecondition, "message is not a dead letter: %s is %s", id, st)
+	}
+	*log = append(*log, id)
+	return st, nil
+}
+
+func (f *fakeGateway) Redrive(_ context.Context, req *gatewayv1.RedriveRequest) (*gatewayv1.RedriveResponse, error) {
+	if _, err := f.deadLetter(req.GetId(), &f.redriven); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.states[req.GetId()] = gatewayv1.DeliveryState_DELIVERY_STATE_PENDING
+	return &gatewayv1.RedriveResponse{State: gatewayv1.DeliveryState_DELIVERY_STATE_PENDING}, nil
+}
+
+func (f *fakeGateway) Purge(_ context.Context, req *gatewayv1.PurgeRequest) (*gatewayv1.PurgeResponse, error) {
+	st, err := f.deadLetter(req.GetId(), &f.purged)
+	if err != nil {
+		return nil, err
+	}
+	return &gatewayv1.PurgeResponse{State: st}, nil
+}
+
+func (f *fakeGateway) Backup(_ context.Context, req *gatewayv1.BackupRequest) (*gatewayv1.BackupResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	f.backups = append(f.backups, req)
+	return &gatewayv1.BackupResponse{Path: "/var/lib/herald/backups/20261121T100000Z"}, nil
+}
+
+func (f *fakeGateway) VerifyState(context.Context, *gatewayv1.VerifyStateRequest) (*gatewayv1.VerifyStateResponse, error) {
+	return f.verify, nil
 }
 
 // startFake serves f on 127.0.0.1:0 and returns its address.

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/pkg/telemetry"
@@ -22,6 +24,8 @@ import (
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/plugins/internal/mock"
 	"github.com/heraldchat/herald/services/plugins/internal/pluginhost"
+	"github.com/heraldchat/herald/services/plugins/internal/slack"
+	"github.com/heraldchat/herald/services/plugins/internal/telegram"
 	"github.com/heraldchat/herald/services/plugins/internal/webhook"
 )
 
@@ -41,6 +45,13 @@ type config struct {
 	logLevel   slog.Level
 	grace      time.Duration
 	tracker    string
+
+	telegramToken   string // secret: never log or print
+	telegramBaseURL string
+	slackToken      string // secret: never log or print
+	slackBaseURL    string
+	webhookSecret   []byte // secret: never log or print
+	webhookSecrets  []webhook.EndpointSecret
 }
 
 func parseFlags(args []string, getenv func(string) string) (config, error) {
@@ -53,7 +64,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
 	listen := fs.String("listen", env("HERALD_PLUGINS_LISTEN", "127.0.0.1:7303"),
 		"gRPC listen address (env HERALD_PLUGINS_LISTEN)")
-	channels := fs.String("channels", env("HERALD_PLUGINS_CHANNELS", "webhook=webhook,mock=mock"),
+	channels := fs.String("channels", env("HERALD_PLUGINS_CHANNELS", "webhook=webhook,mock=mock,telegram=telegram,slack=slack"),
 		"channel table name=adapter,...; adapters: "+strings.Join(adapterNames(), ", ")+" (env HERALD_PLUGINS_CHANNELS)")
 	mockRecord := fs.String("mock-record", env("HERALD_MOCK_RECORD", ""),
 		"append each mock delivery as a JSON line to this file (env HERALD_MOCK_RECORD)")
@@ -63,14 +74,41 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 		"tracker address, for reporting answers a dead queue could not (env HERALD_TRACKER_ADDR)")
 	grace := fs.String("grace", env("HERALD_PLUGINS_GRACE", "10s"),
 		"how long a stop waits for open streams before cutting them (env HERALD_PLUGINS_GRACE)")
+	// Secrets take no flag default from the environment, so -h never
+	// prints them; the environment fills them in after parsing.
+	telegramToken := fs.String("telegram-token", "",
+		"telegram bot token; prefer the environment, flags show in ps (env HERALD_TELEGRAM_TOKEN)")
+	telegramBaseURL := fs.String("telegram-base-url", env("HERALD_TELEGRAM_BASE_URL", telegram.DefaultBaseURL),
+		"telegram Bot API address (env HERALD_TELEGRAM_BASE_URL)")
+	slackToken := fs.String("slack-token", "",
+		"slack bot token (xoxb-...); prefer the environment, flags show in ps (env HERALD_SLACK_TOKEN)")
+	slackBaseURL := fs.String("slack-base-url", env("HERALD_SLACK_BASE_URL", slack.DefaultBaseURL),
+		"slack Web API address (env HERALD_SLACK_BASE_URL)")
+	webhookSecret := fs.String("webhook-secret", "",
+		"default webhook signing secret, whsec_<base64 key> (env HERALD_WEBHOOK_SECRET)")
+	webhookSecrets := fs.String("webhook-secrets", "",
+		"per-endpoint signing secrets url-prefix=whsec_...,...; the longest prefix wins (env HERALD_WEBHOOK_SECRETS)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
+	orEnv := func(v *string, key string) {
+		if *v == "" {
+			*v = getenv(key)
+		}
+	}
+	orEnv(telegramToken, "HERALD_TELEGRAM_TOKEN")
+	orEnv(slackToken, "HERALD_SLACK_TOKEN")
+	orEnv(webhookSecret, "HERALD_WEBHOOK_SECRET")
+	orEnv(webhookSecrets, "HERALD_WEBHOOK_SECRETS")
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments %q: plugins takes flags only (see -h)", fs.Args())
 	}
 
-	cfg := config{listen: *listen, mockRecord: *mockRecord, tracker: *tracker}
+	cfg := config{
+		listen: *listen, mockRecord: *mockRecord, tracker: *tracker,
+		telegramToken: *telegramToken, telegramBaseURL: *telegramBaseURL,
+		slackToken: *slackToken, slackBaseURL: *slackBaseURL,
+	}
 	if cfg.listen == "" {
 		return config{}, errors.New("--listen is empty: give a host:port such as 127.0.0.1:7303")
 	}
@@ -92,12 +130,87 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 		}
 	}
 	cfg.channels = ch
+	if *webhookSecret != "" {
+		if cfg.webhookSecret, err = webhook.ParseSecret(*webhookSecret); err != nil {
+			return config{}, fmt.Errorf("--webhook-secret: %w", err)
+		}
+	}
+	if cfg.webhookSecrets, err = webhook.ParseSecrets(*webhookSecrets); err != nil {
+		return config{}, fmt.Errorf("--webhook-secrets: %w", err)
+	}
 	return cfg, nil
 }
 
 // adapterNames lists the adapter kinds --channels may name; run builds one
 // instance of each.
-func adapterNames() []string { return []string{"mock", "webhook"} }
+func adapterNames() []string { return []string{"mock", "slack", "telegram", "webhook"} }
+
+// buildAdapters builds one instance of each adapter kind, shared by the
+// channels that use it. closeAll releases them; call it even on error.
+// An adapter whose credential is missing is still built: it answers
+// PERMANENT, PLG_008, so a misconfigured channel fails loudly per delivery
+// instead of the whole host refusing to start.
+func buildAdapters(cfg config, logger *slog.Logger, tp trace.TracerProvider) (adapters map[string]pluginhost.Adapter, closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for _, c := range slices.Backward(closers) {
+			c()
+		}
+	}
+
+	webhookAdapter := webhook.New(webhook.Options{
+		Secret: cfg.webhookSecret, Secrets: cfg.webhookSecrets, TracerProvider: tp,
+	})
+	closers = append(closers, webhookAdapter.Close)
+	switch {
+	case len(cfg.webhookSecret) == 0 && len(cfg.webhookSecrets) == 0:
+		logger.Warn("webhooks are unsigned: set --webhook-secret or HERALD_WEBHOOK_SECRET to sign them")
+	case len(cfg.webhookSecret) == 0:
+		logger.Warn("webhooks to URLs outside the --webhook-secrets prefixes are unsigned: set --webhook-secret to sign them")
+	}
+
+	telegramAdapter, err := telegram.New(telegram.Options{
+		Token: cfg.telegramToken, BaseURL: cfg.telegramBaseURL, TracerProvider: tp,
+	})
+	if err != nil {
+		return nil, closeAll, fmt.Errorf("--telegram-base-url or --telegram-token: %w", err)
+	}
+	closers = append(closers, telegramAdapter.Close)
+
+	slackAdapter, err := slack.New(slack.Options{
+		Token: cfg.slackToken, BaseURL: cfg.slackBaseURL, TracerProvider: tp,
+	})
+	if err != nil {
+		return nil, closeAll, fmt.Errorf("--slack-base-url: %w", err)
+	}
+	closers = append(closers, slackAdapter.Close)
+
+	mockOpts := mock.Options{}
+	if cfg.mockRecord != "" {
+		f, err := os.OpenFile(cfg.mockRecord, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, closeAll, fmt.Errorf("--mock-record: open %s: %w", cfg.mockRecord, err)
+		}
+		closers = append(closers, func() { _ = f.Close() })
+		mockOpts.Record = f
+	}
+
+	// Say which channels cannot deliver, once, at startup.
+	for name, kind := range cfg.channels {
+		if (kind == "telegram" && cfg.telegramToken == "") || (kind == "slack" && cfg.slackToken == "") {
+			logger.Warn("channel has no credential and will answer every delivery PERMANENT",
+				slog.String("channel", name), slog.String("adapter", kind),
+				slog.String("error_code", pluginhost.CodeNotConfigured))
+		}
+	}
+
+	return map[string]pluginhost.Adapter{
+		"webhook":  webhookAdapter,
+		"telegram": telegramAdapter,
+		"slack":    slackAdapter,
+		"mock":     mock.New(mockOpts),
+	}, closeAll, nil
+}
 
 func run(ctx context.Context, args []string, getenv func(string) string) error {
 	cfg, err := parseFlags(args, getenv)
@@ -122,21 +235,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 	}()
 
-	// One instance per adapter kind, shared by the channels that use it.
-	webhookAdapter := webhook.New()
-	defer webhookAdapter.Close()
-	mockOpts := mock.Options{}
-	if cfg.mockRecord != "" {
-		f, err := os.OpenFile(cfg.mockRecord, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return fmt.Errorf("--mock-record: open %s: %w", cfg.mockRecord, err)
-		}
-		defer f.Close()
-		mockOpts.Record = f
-	}
-	adapters := map[string]pluginhost.Adapter{
-		"webhook": webhookAdapter,
-		"mock":    mock.New(mockOpts),
+	// nil: the adapters trace with the provider telemetry.Setup installed.
+	adapters, closeAdapters, err := buildAdapters(cfg, logger, nil)
+	defer closeAdapters()
+	if err != nil {
+		return err
 	}
 	channels := make(map[string]pluginhost.Adapter, len(cfg.channels))
 	for name, kind := range cfg.channels {

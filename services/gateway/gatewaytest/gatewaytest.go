@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
-	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
+	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/gateway/internal/gateway"
 )
 

@@ -21,22 +21,41 @@ const (
 	msgReadDeadline    = "the tracker did not answer in time: retry, or raise the deadline"
 	msgReadInternal    = "the tracker failed to answer: retry shortly; operators can find the cause in the gateway's log"
 	msgCanceled        = "the call was cancelled by the caller"
+	// An operator's change (abort, redrive, purge, backup) that timed out or
+	// failed inside the tracker may have been made: say so, so that nobody
+	// reads "failed" as "nothing happened".
+	msgChangeDeadline = "the tracker did not answer in time: the change may or may not have been made; check the message (or the backup folder) before retrying"
+	msgChangeInternal = "the tracker failed: the change may or may not have been made; check the message (or the backup folder) before retrying; operators can find the cause in the gateway's log"
 )
 
-// opSend is the only op that writes.
-const opSend op = "Send"
+// The ops that write. Send is the only one a backend calls; the others are
+// operator changes.
+const (
+	opSend    op = "Send"
+	opAbort   op = "Abort"
+	opRedrive op = "Redrive"
+	opPurge   op = "Purge"
+	opBackup  op = "Backup"
+)
 
 // op names the gateway call an error comes from, which decides what the caller
-// is told: only Send writes, so only Send talks about idempotency keys.
+// is told: only Send talks about idempotency keys, and only the ops that
+// change something warn that a timeout may have left the change made.
 type op string
+
+// changes reports whether o is an operator change other than Send.
+func (o op) changes() bool {
+	return o == opAbort || o == opRedrive || o == opPurge || o == opBackup
+}
 
 // trackerError turns an error from a tracker call into the status the caller
 // of op receives. It is the only place where the gateway translates errors.
 //
 // Codes that mean the same thing to the gateway's caller as to the gateway
-// (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, NOT_FOUND, ALREADY_EXISTS) pass
-// through with the tracker's message. UNAVAILABLE and connection failures mean
-// the request was not processed; DEADLINE_EXCEEDED means it may have been.
+// (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, NOT_FOUND, ALREADY_EXISTS,
+// FAILED_PRECONDITION) pass through with the tracker's message. UNAVAILABLE
+// and connection failures mean the request was not processed;
+// DEADLINE_EXCEEDED means it may have been.
 // Anything else is logged and reported without its internal detail.
 func trackerError(ctx context.Context, log *slog.Logger, o op, err error) error {
 	if err == nil {
@@ -59,7 +78,7 @@ func trackerError(ctx context.Context, log *slog.Logger, o op, err error) error 
 	write := o == opSend
 
 	switch code {
-	case codes.InvalidArgument, codes.ResourceExhausted, codes.NotFound, codes.AlreadyExists:
+	case codes.InvalidArgument, codes.ResourceExhausted, codes.NotFound, codes.AlreadyExists, codes.FailedPrecondition:
 		return status.Error(code, msg)
 	case codes.Canceled:
 		return status.Error(codes.Canceled, msgCanceled)
@@ -74,11 +93,17 @@ func trackerError(ctx context.Context, log *slog.Logger, o op, err error) error 
 		if write {
 			return status.Error(codes.DeadlineExceeded, msgSendDeadline)
 		}
+		if o.changes() {
+			return status.Error(codes.DeadlineExceeded, msgChangeDeadline)
+		}
 		return status.Error(codes.DeadlineExceeded, msgReadDeadline)
 	default:
 		log.ErrorContext(ctx, "tracker call failed", "op", string(o), "code", code.String(), "error", msg)
 		if write {
 			return status.Error(codes.Internal, msgSendInternal)
+		}
+		if o.changes() {
+			return status.Error(codes.Internal, msgChangeInternal)
 		}
 		return status.Error(codes.Internal, msgReadInternal)
 	}

@@ -43,9 +43,20 @@ type fakeTracker struct {
 	message *trackerv1.GetMessageResponse
 	stats   *trackerv1.StatsResponse
 
+	// adminErr, when set, is the answer to every operator call below.
+	adminErr error
+	// backupPath is Backup's answer; "" means no backup folder configured.
+	backupPath string
+	verify     *trackerv1.VerifyResponse
+
 	mu       sync.Mutex
 	accepted []*storev1.Message
 	history  []*trackerv1.HistoryRequest
+	// deliveries are the messages Abort, Redrive and Purge act on, by id.
+	deliveries  map[string]*storev1.Delivery
+	deadLetters []*trackerv1.Lease
+	dlqRequests []*trackerv1.ListDeadLettersRequest
+	backups     []*trackerv1.BackupRequest
 }
 
 func (f *fakeTracker) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*trackerv1.AcceptResponse, error) {
@@ -95,6 +106,81 @@ func (f *fakeTracker) Stats(context.Context, *trackerv1.StatsRequest) (*trackerv
 		return nil, status.Error(codes.Unimplemented, "no stats")
 	}
 	return f.stats, nil
+}
+
+func (f *fakeTracker) Abort(_ context.Context, req *trackerv1.AbortRequest) (*trackerv1.AbortResponse, error) {
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.deliveries[req.GetId()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no message with id %q", req.GetId())
+	}
+	switch d.GetState() {
+	case storev1.State_STATE_PENDING, storev1.State_STATE_UNKNOWN:
+		d.State, d.Reason = storev1.State_STATE_ABORTED, req.GetReason()
+		return &trackerv1.AbortResponse{Delivery: d}, nil
+	}
+	return &trackerv1.AbortResponse{Delivery: d, AlreadyFinal: true}, nil
+}
+
+func (f *fakeTracker) ListDeadLetters(_ context.Context, req *trackerv1.ListDeadLettersRequest) (*trackerv1.HistoryResponse, error) {
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dlqRequests = append(f.dlqRequests, req)
+	return &trackerv1.HistoryResponse{Messages: f.deadLetters}, nil
+}
+
+// deadLetter answers Redrive and Purge: a FAILED message becomes next, any
+// other is FAILED_PRECONDITION.
+func (f *fakeTracker) deadLetter(id string, next storev1.State) (*trackerv1.RedriveResponse, error) {
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.deliveries[id]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no message with id %q", id)
+	}
+	if d.GetState() != storev1.State_STATE_FAILED {
+		return nil, status.Errorf(codes.FailedPrecondition, "message is not a dead letter: %s is %s", id, d.GetState())
+	}
+	d.State = next
+	return &trackerv1.RedriveResponse{Delivery: d}, nil
+}
+
+func (f *fakeTracker) Redrive(_ context.Context, req *trackerv1.RedriveRequest) (*trackerv1.RedriveResponse, error) {
+	return f.deadLetter(req.GetId(), storev1.State_STATE_PENDING)
+}
+
+func (f *fakeTracker) Purge(_ context.Context, req *trackerv1.RedriveRequest) (*trackerv1.RedriveResponse, error) {
+	return f.deadLetter(req.GetId(), storev1.State_STATE_FAILED)
+}
+
+func (f *fakeTracker) Backup(_ context.Context, req *trackerv1.BackupRequest) (*trackerv1.BackupResponse, error) {
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	if f.backupPath == "" {
+		return nil, status.Error(codes.FailedPrecondition, "no backup folder configured: start the tracker with --backup-dir")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.backups = append(f.backups, req)
+	return &trackerv1.BackupResponse{Path: f.backupPath}, nil
+}
+
+func (f *fakeTracker) Verify(context.Context, *trackerv1.VerifyRequest) (*trackerv1.VerifyResponse, error) {
+	if f.adminErr != nil {
+		return nil, f.adminErr
+	}
+	return f.verify, nil
 }
 
 func (f *fakeTracker) acceptedMessages() []*storev1.Message {

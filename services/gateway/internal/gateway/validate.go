@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"fmt"
+	"math"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -11,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
 
 // Limits on what Send accepts. They are part of the public API: raising one is
@@ -33,6 +36,10 @@ const (
 
 	defaultHistoryLimit = 20
 	maxHistoryLimit     = 1000
+
+	defaultDeadLetterLimit = 100
+	maxDeadLetterLimit     = 1000
+	maxErrorCodeLen        = 64
 )
 
 // violations collects what is wrong with a request so that one answer lists
@@ -233,4 +240,47 @@ func validateHistory(req *gatewayv1.HistoryRequest) (tenant string, limit uint32
 		limit = maxHistoryLimit
 	}
 	return tenant, limit, v.err()
+}
+
+// validateListDeadLetters checks a ListDeadLettersRequest and returns the
+// tracker request to make, with the limit default applied: 100 when unset,
+// at most 1000.
+func validateListDeadLetters(req *gatewayv1.ListDeadLettersRequest) (*trackerv1.ListDeadLettersRequest, error) {
+	var v violations
+	out := &trackerv1.ListDeadLettersRequest{Channel: req.GetChannel(), Code: req.GetCode(), Limit: req.GetLimit()}
+	if ch := req.GetChannel(); ch != "" && !validName(ch, maxChannelLen, isChannelByte) {
+		v.add("channel", "%q is not a channel name: use 1 to %d characters of a-z, 0-9, '_' and '-'", truncate(ch), maxChannelLen)
+	}
+	if code := req.GetCode(); len(code) > maxErrorCodeLen || !utf8.ValidString(code) {
+		v.add("code", "%q is not an error code: give a code such as DLV_003 or PLG_001", truncate(code))
+	}
+	if since := req.GetSince(); since != nil {
+		if err := since.CheckValid(); err != nil {
+			v.add("since", "is not a valid time: %v", err)
+		} else if t := since.AsTime(); t.After(time.Unix(0, math.MaxInt64)) {
+			v.add("since", "is %s: give a time before the year 2262", t.UTC().Format(time.RFC3339))
+		} else if t.After(time.Unix(0, 0)) {
+			// The tracker counts time in int64 Unix nanoseconds; times at
+			// or before the epoch mean "from the beginning".
+			out.SinceUnixNano = t.UnixNano()
+		}
+	}
+	switch {
+	case out.Limit == 0:
+		out.Limit = defaultDeadLetterLimit
+	case out.Limit > maxDeadLetterLimit:
+		out.Limit = maxDeadLetterLimit
+	}
+	return out, v.err()
+}
+
+// requireID returns an InvalidArgument status when id is empty; hint says
+// where to find one.
+func requireID(id, hint string) error {
+	if id != "" {
+		return nil
+	}
+	var v violations
+	v.add("id", "required: %s", hint)
+	return v.err()
 }

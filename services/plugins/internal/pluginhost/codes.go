@@ -4,7 +4,10 @@ package pluginhost
 // the README documents them; never change a code's meaning.
 const (
 	// CodeProviderRejected (PLG_001): the provider answered but did not
-	// accept the message (for the webhook, a non-2xx status).
+	// accept the message (for the webhook, a non-2xx status; for telegram
+	// and slack, "ok": false or an error status). ProviderCode and
+	// Description carry the provider's own code and text; the outcome says
+	// whether a retry can help.
 	CodeProviderRejected = "PLG_001"
 	// CodeUnknownChannel (PLG_002): the delivery names a channel this host
 	// does not serve. Permanent.
@@ -31,4 +34,9 @@ const (
 	// could not be reported to the tracker; their leases expire into the
 	// unknown-outcome policy.
 	CodeOrphanDropped = "PLG_007"
+	// CodeNotConfigured (PLG_008): the channel's adapter lacks the
+	// credential it needs (a telegram bot token, a slack token); the
+	// description names the flag that sets it. No provider call is made.
+	// Permanent: a retry cannot help until the operator configures it.
+	CodeNotConfigured = "PLG_008"
 )

@@ -52,11 +52,29 @@ func TestDeliverClassifiesHTTPAnswers(t *testing.T) {
 			want:    pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "webhook:m1:204"},
 		},
 		{
-			name: "4xx",
+			name: "4xx is permanent",
 			handler: func(w http.ResponseWriter, r *http.Request) {
 				http.Error(w, "bad", http.StatusBadRequest)
 			},
-			want: pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "400"},
+			want: pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_001", ProviderCode: "400"},
+		},
+		{
+			name:    "410 gone is permanent",
+			handler: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusGone) },
+			want:    pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_001", ProviderCode: "410"},
+		},
+		{
+			name:    "408 request timeout is retryable",
+			handler: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusRequestTimeout) },
+			want:    pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "408"},
+		},
+		{
+			name: "429 is retryable after Retry-After",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", "12")
+				w.WriteHeader(http.StatusTooManyRequests)
+			},
+			want: pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "PLG_001", ProviderCode: "429", RetryAfter: 12 * time.Second},
 		},
 		{
 			name: "5xx with retry-after",
@@ -93,7 +111,7 @@ func TestDeliverClassifiesHTTPAnswers(t *testing.T) {
 				tt.handler(w, r)
 			}))
 			defer srv.Close()
-			a := webhook.New()
+			a := webhook.New(webhook.Options{})
 			defer a.Close()
 
 			got := a.Deliver(t.Context(), newDelivery(srv.URL+secretPath))
@@ -184,7 +202,7 @@ func TestDeliverClassifiesTransportFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := webhook.New()
+			a := webhook.New(webhook.Options{})
 			defer a.Close()
 			ctx, cancel := context.WithTimeout(t.Context(), tt.timeout)
 			defer cancel()
@@ -202,7 +220,7 @@ func TestDeliverClassifiesTransportFailures(t *testing.T) {
 func TestDeliverRejectsInvalidRecipients(t *testing.T) {
 	for _, recipient := range []string{"", "not a url", "ftp://example.com/x", "mailto:a@b.c", "http://", "/relative/path"} {
 		t.Run(recipient, func(t *testing.T) {
-			got := webhook.New().Deliver(t.Context(), newDelivery(recipient))
+			got := webhook.New(webhook.Options{}).Deliver(t.Context(), newDelivery(recipient))
 			want := pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "PLG_004"}
 			if diff := cmp.Diff(want, got, ignoreDescription); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
@@ -223,7 +241,7 @@ func TestDeliverReusesConnections(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	a := webhook.New()
+	a := webhook.New(webhook.Options{})
 	defer a.Close()
 	for range 5 {
 		if got := a.Deliver(t.Context(), newDelivery(srv.URL)); got.Outcome != pluginsv1.Outcome_OUTCOME_DELIVERED {
