@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldchat/herald/pkg/grpcclient"
+	"github.com/heraldchat/herald/pkg/grpcserver"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	queuev1 "github.com/heraldchat/herald/proto/herald/queue/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
-	"github.com/heraldchat/herald/pkg/grpcclient"
-	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/services/queue/internal/queue"
 )
 
