@@ -34,6 +34,7 @@ func Start(t testing.TB, trackerAddr, pluginsAddr string) string {
 		DeliverTimeout: 2 * time.Second,
 		DrainTimeout:   2 * time.Second,
 		DefaultRetry:   queue.RetryPolicy{Initial: 20 * time.Millisecond, Multiplier: 2, Max: 200 * time.Millisecond, MaxAttempts: 5},
+		BreakerTimeout: time.Second,
 	}
 	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tc), pluginsv1.NewPluginHostServiceClient(pc), log, time.Now)
 	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})

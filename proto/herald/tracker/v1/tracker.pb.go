@@ -85,6 +85,119 @@ func (Result) EnumDescriptor() ([]byte, []int) {
 	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
 }
 
+type RecordEventRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// channel.unhealthy, channel.healthy, ...
+	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Channel       string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	ErrorCode     string `protobuf:"bytes,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordEventRequest) Reset() {
+	*x = RecordEventRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordEventRequest) ProtoMessage() {}
+
+func (x *RecordEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordEventRequest.ProtoReflect.Descriptor instead.
+func (*RecordEventRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecordEventRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *RecordEventRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *RecordEventRequest) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *RecordEventRequest) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type RecordEventResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordEventResponse) Reset() {
+	*x = RecordEventResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordEventResponse) ProtoMessage() {}
+
+func (x *RecordEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordEventResponse.ProtoReflect.Descriptor instead.
+func (*RecordEventResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecordEventResponse) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 type AbortRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -95,7 +208,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +220,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +233,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -149,7 +262,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +274,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +287,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AbortResponse) GetDelivery() *v1.Delivery {
@@ -203,7 +316,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -215,7 +328,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -228,7 +341,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -268,7 +381,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +393,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +406,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -312,7 +425,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +437,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +450,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RedriveResponse) GetDelivery() *v1.Delivery {
@@ -357,7 +470,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +482,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +495,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -402,7 +515,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +527,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +540,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -446,7 +559,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +571,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +584,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyRequest) GetFull() bool {
@@ -495,7 +608,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +620,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +633,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VerifyResponse) GetCounts() map[string]int64 {
@@ -576,7 +689,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +701,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +714,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AcceptRequest) GetMessage() *v1.Message {
@@ -623,7 +736,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +748,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +761,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AcceptResponse) GetMessage() *v1.Message {
@@ -690,7 +803,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +815,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +828,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseRequest) GetWorker() string {
@@ -763,7 +876,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +888,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +901,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Lease) GetMessage() *v1.Message {
@@ -814,7 +927,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +939,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +952,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaseResponse) GetLeases() []*Lease {
@@ -860,15 +973,18 @@ type Outcome struct {
 	ErrorDetail       string                 `protobuf:"bytes,7,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
 	Adapter           string                 `protobuf:"bytes,8,opt,name=adapter,proto3" json:"adapter,omitempty"`
 	// Trace context of the attempt, recorded on the event.
-	TraceId       string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
-	SpanId        string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
+	TraceId string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	SpanId  string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
+	// True when no provider call was made (circuit open, destination paused):
+	// the lease does not count against the attempt budget.
+	NotAttempted  bool `protobuf:"varint,11,opt,name=not_attempted,json=notAttempted,proto3" json:"not_attempted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +996,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1009,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -966,6 +1082,13 @@ func (x *Outcome) GetSpanId() string {
 	return ""
 }
 
+func (x *Outcome) GetNotAttempted() bool {
+	if x != nil {
+		return x.NotAttempted
+	}
+	return false
+}
+
 type CompleteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
@@ -976,7 +1099,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1111,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1124,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CompleteRequest) GetWorker() string {
@@ -1030,7 +1153,7 @@ type OutcomeResult struct {
 
 func (x *OutcomeResult) Reset() {
 	*x = OutcomeResult{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1165,7 @@ func (x *OutcomeResult) String() string {
 func (*OutcomeResult) ProtoMessage() {}
 
 func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1178,7 @@ func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeResult.ProtoReflect.Descriptor instead.
 func (*OutcomeResult) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OutcomeResult) GetMessageId() string {
@@ -1088,7 +1211,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1223,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1236,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteResponse) GetResults() []*OutcomeResult {
@@ -1132,7 +1255,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1267,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1280,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1178,7 +1301,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1313,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1326,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetMessageResponse) GetMessage() *v1.Message {
@@ -1241,7 +1364,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1376,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1389,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1313,7 +1436,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1448,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1461,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HistoryResponse) GetMessages() []*Lease {
@@ -1362,7 +1485,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1497,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1510,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1419,7 +1542,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1554,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1567,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
 }
 
 type StatsResponse struct {
@@ -1459,7 +1582,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1594,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1607,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsResponse) GetCounts() map[string]int64 {
@@ -1512,7 +1635,15 @@ var File_herald_tracker_v1_tracker_proto protoreflect.FileDescriptor
 
 const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"6\n" +
+	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"y\n" +
+	"\x12RecordEventRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x03 \x01(\tR\terrorCode\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"1\n" +
+	"\x13RecordEventResponse\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\"6\n" +
 	"\fAbortRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"k\n" +
@@ -1564,7 +1695,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x125\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\"A\n" +
 	"\rLeaseResponse\x120\n" +
-	"\x06leases\x18\x01 \x03(\v2\x18.herald.tracker.v1.LeaseR\x06leases\"\xe9\x02\n" +
+	"\x06leases\x18\x01 \x03(\v2\x18.herald.tracker.v1.LeaseR\x06leases\"\x8e\x03\n" +
 	"\aOutcome\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1f\n" +
@@ -1579,7 +1710,8 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\aadapter\x18\b \x01(\tR\aadapter\x12\x19\n" +
 	"\btrace_id\x18\t \x01(\tR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\n" +
-	" \x01(\tR\x06spanId\"a\n" +
+	" \x01(\tR\x06spanId\x12#\n" +
+	"\rnot_attempted\x18\v \x01(\bR\fnotAttempted\"a\n" +
 	"\x0fCompleteRequest\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x126\n" +
 	"\boutcomes\x18\x02 \x03(\v2\x1a.herald.tracker.v1.OutcomeR\boutcomes\"`\n" +
@@ -1621,7 +1753,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x10RESULT_DELIVERED\x10\x01\x12\x10\n" +
 	"\fRESULT_RETRY\x10\x02\x12\x11\n" +
 	"\rRESULT_FAILED\x10\x03\x12\x12\n" +
-	"\x0eRESULT_UNKNOWN\x10\x042\xb7\b\n" +
+	"\x0eRESULT_UNKNOWN\x10\x042\x95\t\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
@@ -1636,7 +1768,8 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\aRedrive\x12!.herald.tracker.v1.RedriveRequest\x1a\".herald.tracker.v1.RedriveResponse\x12N\n" +
 	"\x05Purge\x12!.herald.tracker.v1.RedriveRequest\x1a\".herald.tracker.v1.RedriveResponse\x12M\n" +
 	"\x06Backup\x12 .herald.tracker.v1.BackupRequest\x1a!.herald.tracker.v1.BackupResponse\x12M\n" +
-	"\x06Verify\x12 .herald.tracker.v1.VerifyRequest\x1a!.herald.tracker.v1.VerifyResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
+	"\x06Verify\x12 .herald.tracker.v1.VerifyRequest\x1a!.herald.tracker.v1.VerifyResponse\x12\\\n" +
+	"\vRecordEvent\x12%.herald.tracker.v1.RecordEventRequest\x1a&.herald.tracker.v1.RecordEventResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
 
 var (
 	file_herald_tracker_v1_tracker_proto_rawDescOnce sync.Once
@@ -1651,88 +1784,92 @@ func file_herald_tracker_v1_tracker_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_tracker_v1_tracker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_herald_tracker_v1_tracker_proto_goTypes = []any{
 	(Result)(0),                    // 0: herald.tracker.v1.Result
-	(*AbortRequest)(nil),           // 1: herald.tracker.v1.AbortRequest
-	(*AbortResponse)(nil),          // 2: herald.tracker.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil), // 3: herald.tracker.v1.ListDeadLettersRequest
-	(*RedriveRequest)(nil),         // 4: herald.tracker.v1.RedriveRequest
-	(*RedriveResponse)(nil),        // 5: herald.tracker.v1.RedriveResponse
-	(*BackupRequest)(nil),          // 6: herald.tracker.v1.BackupRequest
-	(*BackupResponse)(nil),         // 7: herald.tracker.v1.BackupResponse
-	(*VerifyRequest)(nil),          // 8: herald.tracker.v1.VerifyRequest
-	(*VerifyResponse)(nil),         // 9: herald.tracker.v1.VerifyResponse
-	(*AcceptRequest)(nil),          // 10: herald.tracker.v1.AcceptRequest
-	(*AcceptResponse)(nil),         // 11: herald.tracker.v1.AcceptResponse
-	(*LeaseRequest)(nil),           // 12: herald.tracker.v1.LeaseRequest
-	(*Lease)(nil),                  // 13: herald.tracker.v1.Lease
-	(*LeaseResponse)(nil),          // 14: herald.tracker.v1.LeaseResponse
-	(*Outcome)(nil),                // 15: herald.tracker.v1.Outcome
-	(*CompleteRequest)(nil),        // 16: herald.tracker.v1.CompleteRequest
-	(*OutcomeResult)(nil),          // 17: herald.tracker.v1.OutcomeResult
-	(*CompleteResponse)(nil),       // 18: herald.tracker.v1.CompleteResponse
-	(*GetMessageRequest)(nil),      // 19: herald.tracker.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),     // 20: herald.tracker.v1.GetMessageResponse
-	(*HistoryRequest)(nil),         // 21: herald.tracker.v1.HistoryRequest
-	(*HistoryResponse)(nil),        // 22: herald.tracker.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),     // 23: herald.tracker.v1.WatchEventsRequest
-	(*StatsRequest)(nil),           // 24: herald.tracker.v1.StatsRequest
-	(*StatsResponse)(nil),          // 25: herald.tracker.v1.StatsResponse
-	nil,                            // 26: herald.tracker.v1.VerifyResponse.CountsEntry
-	nil,                            // 27: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	nil,                            // 28: herald.tracker.v1.StatsResponse.CountsEntry
-	(*v1.Delivery)(nil),            // 29: herald.store.v1.Delivery
-	(*v1.Message)(nil),             // 30: herald.store.v1.Message
-	(*v1.Event)(nil),               // 31: herald.store.v1.Event
+	(*RecordEventRequest)(nil),     // 1: herald.tracker.v1.RecordEventRequest
+	(*RecordEventResponse)(nil),    // 2: herald.tracker.v1.RecordEventResponse
+	(*AbortRequest)(nil),           // 3: herald.tracker.v1.AbortRequest
+	(*AbortResponse)(nil),          // 4: herald.tracker.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil), // 5: herald.tracker.v1.ListDeadLettersRequest
+	(*RedriveRequest)(nil),         // 6: herald.tracker.v1.RedriveRequest
+	(*RedriveResponse)(nil),        // 7: herald.tracker.v1.RedriveResponse
+	(*BackupRequest)(nil),          // 8: herald.tracker.v1.BackupRequest
+	(*BackupResponse)(nil),         // 9: herald.tracker.v1.BackupResponse
+	(*VerifyRequest)(nil),          // 10: herald.tracker.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 11: herald.tracker.v1.VerifyResponse
+	(*AcceptRequest)(nil),          // 12: herald.tracker.v1.AcceptRequest
+	(*AcceptResponse)(nil),         // 13: herald.tracker.v1.AcceptResponse
+	(*LeaseRequest)(nil),           // 14: herald.tracker.v1.LeaseRequest
+	(*Lease)(nil),                  // 15: herald.tracker.v1.Lease
+	(*LeaseResponse)(nil),          // 16: herald.tracker.v1.LeaseResponse
+	(*Outcome)(nil),                // 17: herald.tracker.v1.Outcome
+	(*CompleteRequest)(nil),        // 18: herald.tracker.v1.CompleteRequest
+	(*OutcomeResult)(nil),          // 19: herald.tracker.v1.OutcomeResult
+	(*CompleteResponse)(nil),       // 20: herald.tracker.v1.CompleteResponse
+	(*GetMessageRequest)(nil),      // 21: herald.tracker.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 22: herald.tracker.v1.GetMessageResponse
+	(*HistoryRequest)(nil),         // 23: herald.tracker.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 24: herald.tracker.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),     // 25: herald.tracker.v1.WatchEventsRequest
+	(*StatsRequest)(nil),           // 26: herald.tracker.v1.StatsRequest
+	(*StatsResponse)(nil),          // 27: herald.tracker.v1.StatsResponse
+	nil,                            // 28: herald.tracker.v1.VerifyResponse.CountsEntry
+	nil,                            // 29: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	nil,                            // 30: herald.tracker.v1.StatsResponse.CountsEntry
+	(*v1.Delivery)(nil),            // 31: herald.store.v1.Delivery
+	(*v1.Message)(nil),             // 32: herald.store.v1.Message
+	(*v1.Event)(nil),               // 33: herald.store.v1.Event
 }
 var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
-	29, // 0: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
-	29, // 1: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
-	26, // 2: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
-	30, // 3: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
-	30, // 4: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
-	29, // 5: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
-	27, // 6: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	30, // 7: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
-	29, // 8: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
-	13, // 9: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
+	31, // 0: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
+	31, // 1: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
+	28, // 2: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
+	32, // 3: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
+	32, // 4: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
+	31, // 5: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
+	29, // 6: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	32, // 7: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
+	31, // 8: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
+	15, // 9: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
 	0,  // 10: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
-	15, // 11: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
-	17, // 12: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
-	30, // 13: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
-	29, // 14: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
-	31, // 15: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
-	13, // 16: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
-	28, // 17: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
-	10, // 18: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
-	12, // 19: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
-	16, // 20: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	19, // 21: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	21, // 22: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	23, // 23: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	24, // 24: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	1,  // 25: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
-	3,  // 26: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
-	4,  // 27: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
-	4,  // 28: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
-	6,  // 29: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
-	8,  // 30: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
-	11, // 31: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	14, // 32: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	18, // 33: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	20, // 34: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	22, // 35: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	31, // 36: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	25, // 37: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	2,  // 38: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
-	22, // 39: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
-	5,  // 40: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
-	5,  // 41: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
-	7,  // 42: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
-	9,  // 43: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
-	31, // [31:44] is the sub-list for method output_type
-	18, // [18:31] is the sub-list for method input_type
+	17, // 11: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
+	19, // 12: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
+	32, // 13: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
+	31, // 14: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
+	33, // 15: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
+	15, // 16: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
+	30, // 17: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
+	12, // 18: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
+	14, // 19: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
+	18, // 20: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
+	21, // 21: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	23, // 22: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	25, // 23: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	26, // 24: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	3,  // 25: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	5,  // 26: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	6,  // 27: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	6,  // 28: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	8,  // 29: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	10, // 30: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	1,  // 31: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
+	13, // 32: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	16, // 33: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	20, // 34: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	22, // 35: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	24, // 36: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	33, // 37: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	27, // 38: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	4,  // 39: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	24, // 40: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	7,  // 41: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	7,  // 42: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	9,  // 43: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	11, // 44: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	2,  // 45: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -1749,7 +1886,7 @@ func file_herald_tracker_v1_tracker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_tracker_v1_tracker_proto_rawDesc), len(file_herald_tracker_v1_tracker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	TrackerService_Purge_FullMethodName           = "/herald.tracker.v1.TrackerService/Purge"
 	TrackerService_Backup_FullMethodName          = "/herald.tracker.v1.TrackerService/Backup"
 	TrackerService_Verify_FullMethodName          = "/herald.tracker.v1.TrackerService/Verify"
+	TrackerService_RecordEvent_FullMethodName     = "/herald.tracker.v1.TrackerService/RecordEvent"
 )
 
 // TrackerServiceClient is the client API for TrackerService service.
@@ -93,6 +94,10 @@ type TrackerServiceClient interface {
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
 	// Verify checks the store's invariants on a consistent snapshot.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
+	// RecordEvent appends an event that belongs to no message (channel
+	// health) to the event log, durably. Not idempotent.
+	// Errors: INVALID_ARGUMENT (no type, or a message id given).
+	RecordEvent(ctx context.Context, in *RecordEventRequest, opts ...grpc.CallOption) (*RecordEventResponse, error)
 }
 
 type trackerServiceClient struct {
@@ -242,6 +247,16 @@ func (c *trackerServiceClient) Verify(ctx context.Context, in *VerifyRequest, op
 	return out, nil
 }
 
+func (c *trackerServiceClient) RecordEvent(ctx context.Context, in *RecordEventRequest, opts ...grpc.CallOption) (*RecordEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordEventResponse)
+	err := c.cc.Invoke(ctx, TrackerService_RecordEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrackerServiceServer is the server API for TrackerService service.
 // All implementations must embed UnimplementedTrackerServiceServer
 // for forward compatibility.
@@ -297,6 +312,10 @@ type TrackerServiceServer interface {
 	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
 	// Verify checks the store's invariants on a consistent snapshot.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
+	// RecordEvent appends an event that belongs to no message (channel
+	// health) to the event log, durably. Not idempotent.
+	// Errors: INVALID_ARGUMENT (no type, or a message id given).
+	RecordEvent(context.Context, *RecordEventRequest) (*RecordEventResponse, error)
 	mustEmbedUnimplementedTrackerServiceServer()
 }
 
@@ -345,6 +364,9 @@ func (UnimplementedTrackerServiceServer) Backup(context.Context, *BackupRequest)
 }
 func (UnimplementedTrackerServiceServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
+}
+func (UnimplementedTrackerServiceServer) RecordEvent(context.Context, *RecordEventRequest) (*RecordEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordEvent not implemented")
 }
 func (UnimplementedTrackerServiceServer) mustEmbedUnimplementedTrackerServiceServer() {}
 func (UnimplementedTrackerServiceServer) testEmbeddedByValue()                        {}
@@ -594,6 +616,24 @@ func _TrackerService_Verify_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrackerService_RecordEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).RecordEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_RecordEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).RecordEvent(ctx, req.(*RecordEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TrackerService_ServiceDesc is the grpc.ServiceDesc for TrackerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -648,6 +688,10 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Verify",
 			Handler:    _TrackerService_Verify_Handler,
+		},
+		{
+			MethodName: "RecordEvent",
+			Handler:    _TrackerService_RecordEvent_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -17,6 +17,10 @@ type job struct {
 	lease    *trackerv1.Lease
 	span     trace.Span
 	deadline time.Time
+	// done reports the attempt to the channel's circuit breaker.
+	done func(error)
+	// notAttempted: held back before any provider call.
+	notAttempted bool
 }
 
 // conn is one Deliver stream and the jobs sent on it.
@@ -66,10 +70,21 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 	j := &job{lease: l, span: span, deadline: d.q.now().Add(d.q.cfg.DeliverTimeout)}
 	m := l.GetMessage()
 
+	if until, done := d.q.guard.hold(m.GetChannel(), m.GetRecipient()); done == nil {
+		j.notAttempted = true
+		d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_010",
+			RetryAfterMs: max(until.Sub(d.q.now()).Milliseconds(), 1),
+			Description:  "held back: the channel's circuit is open or the destination asked to wait"}, nil, 0)
+		return
+	} else {
+		j.done = done
+	}
 	d.mu.Lock()
 	c := d.cur
 	if c == nil || c.broken {
 		d.mu.Unlock()
+		j.notAttempted = true
+		j.done(errNotAttempted) // no provider call: neither success nor failure
 		d.q.finish(j, notSent("no stream to the plugin host"), nil, 0)
 		return
 	}

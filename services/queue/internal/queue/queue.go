@@ -52,6 +52,13 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Completers is the number of concurrent Complete calls.
 	Completers int
+	// FailureThreshold consecutive failures on a channel emit
+	// channel.unhealthy; one success emits channel.healthy.
+	FailureThreshold int
+	// BreakerFailures consecutive provider failures open a channel's
+	// circuit; BreakerTimeout later one probe is let through.
+	BreakerFailures int
+	BreakerTimeout  time.Duration
 }
 
 // RetryPolicy decides when a retryable failure is tried again.
@@ -103,6 +110,15 @@ func (c Config) withDefaults() Config {
 	if c.Completers <= 0 {
 		c.Completers = 4
 	}
+	if c.FailureThreshold <= 0 {
+		c.FailureThreshold = 3
+	}
+	if c.BreakerFailures <= 0 {
+		c.BreakerFailures = 5
+	}
+	if c.BreakerTimeout <= 0 {
+		c.BreakerTimeout = 10 * time.Second
+	}
 	return c
 }
 
@@ -123,6 +139,7 @@ type Queue struct {
 	freed      chan struct{} // signalled when a slot frees
 
 	disp     *dispatcher
+	guard    *guard
 	outcomes chan report
 
 	delivered, retried, failed, unknown atomic.Uint64
@@ -145,6 +162,7 @@ func New(cfg Config, tracker trackerv1.TrackerServiceClient, host pluginsv1.Plug
 		outcomes:   make(chan report, 4096),
 	}
 	q.disp = newDispatcher(q)
+	q.guard = newGuard(q)
 	return q
 }
 
@@ -254,6 +272,9 @@ func (q *Queue) capacity() (int, map[string]uint32) {
 			slots[ch] = uint32(lim)
 		}
 	}
+	q.mu.Unlock()
+	q.guard.slots(slots)
+	q.mu.Lock()
 	return free, slots
 }
 
@@ -307,7 +328,8 @@ func (q *Queue) waitIdle(timeout time.Duration) bool {
 }
 
 // decide turns the plugin host's answer into the outcome to record.
-func (q *Queue) decide(l *trackerv1.Lease, r *pluginsv1.DeliverResponse) *trackerv1.Outcome {
+func (q *Queue) decide(j *job, r *pluginsv1.DeliverResponse) *trackerv1.Outcome {
+	l := j.lease
 	m, d := l.GetMessage(), l.GetDelivery()
 	o := &trackerv1.Outcome{
 		MessageId:   m.GetId(),
@@ -317,6 +339,14 @@ func (q *Queue) decide(l *trackerv1.Lease, r *pluginsv1.DeliverResponse) *tracke
 		Adapter:     r.GetAdapter(),
 	}
 	policy := q.retryPolicy(m.GetChannel())
+	if j.notAttempted {
+		// Held back before any provider call: back in the queue at the
+		// given time, without spending an attempt.
+		o.Result = trackerv1.Result_RESULT_RETRY
+		o.NotAttempted = true
+		o.RetryAtUnixNano = q.now().Add(max(time.Duration(r.GetRetryAfterMs())*time.Millisecond, 50*time.Millisecond)).UnixNano()
+		return o
+	}
 	switch r.GetOutcome() {
 	case pluginsv1.Outcome_OUTCOME_DELIVERED:
 		o.Result = trackerv1.Result_RESULT_DELIVERED
@@ -382,13 +412,16 @@ type report struct {
 // joins the next Complete batch. c and reqID name the answer to ack on the
 // plugin host once the outcome is durable; c is nil when there is none.
 func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint64) {
-	o := q.decide(j.lease, r)
+	if !j.notAttempted {
+		q.guard.observe(j, r)
+	}
+	o := q.decide(j, r)
 	if sc := j.span.SpanContext(); sc.IsValid() {
 		o.TraceId, o.SpanId = sc.TraceID().String(), sc.SpanID().String()
 	}
 	j.span.SetAttributes(attribute.String("herald.outcome", r.GetOutcome().String()), attribute.String("herald.error_code", r.GetErrorCode()))
 	j.span.End()
-	if o.Result != trackerv1.Result_RESULT_DELIVERED {
+	if o.Result != trackerv1.Result_RESULT_DELIVERED && !j.notAttempted {
 		lvl := slog.LevelWarn
 		if o.Result == trackerv1.Result_RESULT_FAILED {
 			lvl = slog.LevelError

@@ -275,6 +275,10 @@ type Outcome struct {
 	Reason      string // with ResultFailed: why it is dead-lettered
 	TraceID     string
 	SpanID      string
+	// NotAttempted is true when no provider call was made under this lease
+	// (the channel's circuit was open, the destination paused): the lease
+	// gives back its attempt.
+	NotAttempted bool
 }
 
 // Applied reports, per outcome, whether Complete applied it.
@@ -342,6 +346,9 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) error {
 	next := proto.CloneOf(d)
 	next.LeaseExpiresUnixNano = 0
+	if o.NotAttempted && o.Result == ResultRetry && next.Attempts > 0 {
+		next.Attempts--
+	}
 	if d.GetAbortRequested() && o.Result != ResultDelivered {
 		// Aborted in flight and not confirmed: it ends here, never retried.
 		next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
@@ -476,6 +483,25 @@ func (s *Store) ExpireLeases(max int) (int, error) {
 	}
 	t.commit()
 	return n, nil
+}
+
+// RecordEvent appends an event that belongs to no message (channel health)
+// to the event log, in its own synced batch, and returns its sequence.
+func (s *Store) RecordEvent(typ, channel, code, detail string) (uint64, error) {
+	if s.closed.Load() {
+		return 0, ErrClosed
+	}
+	if typ == "" {
+		return 0, fmt.Errorf("%w: event type is required", ErrInvalid)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	seq := s.events.reserve(1)
+	ev := &storev1.Event{Sequence: seq, TimeUnixNano: s.now().UnixNano(), Type: typ, Channel: channel, ErrorCode: code, Detail: detail}
+	b.Set(eventKey(seq), mustMarshal(ev), nil)
+	s.commit(b)
+	s.events.publish(seq, 1)
+	return seq, nil
 }
 
 func uint64FromBytes(b []byte) uint64 {

@@ -129,6 +129,7 @@ func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) 
 			ErrorDetail:       o.GetErrorDetail(),
 			TraceID:           o.GetTraceId(),
 			SpanID:            o.GetSpanId(),
+			NotAttempted:      o.GetNotAttempted(),
 		}
 	}
 	applied, err := s.store.Complete(outs)
@@ -388,4 +389,13 @@ func (s *Service) Verify(ctx context.Context, req *trackerv1.VerifyRequest) (*tr
 		resp.Counts[st.String()] = n
 	}
 	return resp, nil
+}
+
+// RecordEvent implements trackerv1.TrackerServiceServer.
+func (s *Service) RecordEvent(ctx context.Context, req *trackerv1.RecordEventRequest) (*trackerv1.RecordEventResponse, error) {
+	seq, err := s.store.RecordEvent(req.GetType(), req.GetChannel(), req.GetErrorCode(), req.GetDetail())
+	if err != nil {
+		return nil, s.toStatus("record event", err)
+	}
+	return &trackerv1.RecordEventResponse{Sequence: seq}, nil
 }
