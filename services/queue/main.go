@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldchat/herald/pkg/clock"
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/pkg/telemetry"
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	defer pconn.Close()
 
-	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tconn), pluginsv1.NewPluginHostServiceClient(pconn), log, time.Now)
+	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tconn), pluginsv1.NewPluginHostServiceClient(pconn), log, clock.Monotonic())
 	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: listen, Logger: log})
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldchat/herald/pkg/clock"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/pkg/telemetry"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
@@ -105,7 +106,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := os.MkdirAll(c.dataDir, 0o750); err != nil {
 		return fmt.Errorf("create data directory %s: %w", c.dataDir, err)
 	}
-	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log})
+	// Due times and lease expiries must not move when the system clock is
+	// stepped: a forward step would expire every lease at once.
+	now := clock.Monotonic()
+	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now})
 	if err != nil {
 		return err
 	}
@@ -128,7 +132,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	svc := tracker.New(st, log, time.Now, c.backupDir)
+	svc := tracker.New(st, log, now, c.backupDir)
 	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)

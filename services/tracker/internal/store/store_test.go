@@ -386,3 +386,49 @@ func TestSecondOpenRefused(t *testing.T) {
 	}
 	t.Logf("second open: %v", err)
 }
+
+// The clock jumps an hour back and two hours forward between batches of
+// work: conversation order follows the durable sequence, not time, and
+// nothing is lost. (In production the services' clock is monotonic, so a
+// system clock step does not even reach the store; see pkg/clock.)
+func TestClockJumpsReorderNothingLoseNothing(t *testing.T) {
+	c := newClock()
+	s := openTest(t, vfs.NewMem(), c, PolicyFail)
+	defer s.Close()
+	accepted := map[string][]string{}
+	accept := func() {
+		for _, conv := range []string{"c1", "c2", "c3"} {
+			for range 3 {
+				accepted[conv] = append(accepted[conv], mustAccept(t, s, newMessage(conv)).Message.Id)
+			}
+		}
+	}
+	delivered := map[string][]string{}
+	drain := func() {
+		for {
+			ls := leaseIDs(t, s, 2)
+			if len(ls) == 0 {
+				return
+			}
+			for _, l := range ls {
+				delivered[l.Message.Conversation] = append(delivered[l.Message.Conversation], l.Message.Id)
+				deliver(t, s, l)
+			}
+		}
+	}
+	accept()
+	c.Advance(-time.Hour)
+	accept()
+	drain()
+	c.Advance(2 * time.Hour)
+	accept()
+	drain()
+	for conv, ids := range accepted {
+		if fmt.Sprint(delivered[conv]) != fmt.Sprint(ids) {
+			t.Fatalf("%s: delivered %v, accepted %v", conv, delivered[conv], ids)
+		}
+	}
+	if r := s.Verify(true); len(r.Problems) > 0 || r.Counts[storev1.State_STATE_DELIVERED] != 27 {
+		t.Fatalf("verify: %v, delivered %d of 27", r.Problems, r.Counts[storev1.State_STATE_DELIVERED])
+	}
+}
