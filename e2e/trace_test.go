@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	"github.com/heraldchat/herald/services/gateway/gatewaytest"
+	"github.com/heraldchat/herald/services/plugins/pluginstest"
+	"github.com/heraldchat/herald/services/queue/queuetest"
+	"github.com/heraldchat/herald/services/tracker/trackertest"
+)
+
+// One message, sent once, failed once (HTTP 500, retryable) and then
+// delivered: every hop's span is in the message's trace, with the right
+// parents: gateway Send → tracker Accept; gateway Send → each queue attempt
+// → plugins.Deliver → the provider's HTTP call.
+func TestOneTracePerMessage(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+
+	tracker := trackertest.Start(t, "webhook")
+	host := pluginstest.Start(t, tracker)
+	queuetest.Start(t, tracker, host.Addr)
+	conn, err := grpc.NewClient(gatewaytest.Start(t, tracker), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	gw := gatewayv1.NewGatewayServiceClient(conn)
+
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+
+	ctx, root := tp.Tracer("test").Start(context.Background(), "backend")
+	resp, err := gw.Send(ctx, &gatewayv1.SendRequest{Channel: "webhook", Recipient: srv.URL, Text: "traced"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		m, err := gw.GetMessage(context.Background(), &gatewayv1.GetMessageRequest{Id: resp.GetId()})
+		if err == nil && m.GetMessage().GetState() == gatewayv1.DeliveryState_DELIVERY_STATE_DELIVERED {
+			if m.GetMessage().GetTraceId() != root.SpanContext().TraceID().String() {
+				t.Errorf("stored trace id %s, want the caller's %s", m.GetMessage().GetTraceId(), root.SpanContext().TraceID())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not delivered: %v %v", m.GetMessage().GetState(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := tp.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	traceID := root.SpanContext().TraceID()
+	byName := map[string][]sdktrace.ReadOnlySpan{}
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() == traceID {
+			byName[s.Name()] = append(byName[s.Name()], s)
+		}
+	}
+	one := func(name string) sdktrace.ReadOnlySpan {
+		t.Helper()
+		if len(byName[name]) == 0 {
+			names := []string{}
+			for n := range byName {
+				names = append(names, n)
+			}
+			t.Fatalf("no %q span in the message's trace; it has: %s", name, strings.Join(names, ", "))
+		}
+		return byName[name][0]
+	}
+	var send sdktrace.ReadOnlySpan
+	for _, s := range byName["herald.gateway.v1.GatewayService/Send"] {
+		if s.SpanKind().String() == "server" {
+			send = s
+		}
+	}
+	if send == nil {
+		t.Fatal("no gateway Send server span in the message's trace")
+	}
+	one("herald.tracker.v1.TrackerService/Accept")
+	attempts := byName["queue.attempt"]
+	if len(attempts) != 2 {
+		t.Fatalf("%d queue.attempt spans in the trace, want 2 (failed, then delivered)", len(attempts))
+	}
+	for _, a := range attempts {
+		if a.Parent().SpanID() != send.SpanContext().SpanID() {
+			t.Errorf("queue.attempt's parent is %s, want the gateway Send span %s", a.Parent().SpanID(), send.SpanContext().SpanID())
+		}
+	}
+	delivers := byName["plugins.Deliver"]
+	if len(delivers) != 2 {
+		t.Fatalf("%d plugins.Deliver spans, want 2", len(delivers))
+	}
+	attemptIDs := map[string]bool{}
+	for _, a := range attempts {
+		attemptIDs[a.SpanContext().SpanID().String()] = true
+	}
+	deliverIDs := map[string]bool{}
+	for _, d := range delivers {
+		deliverIDs[d.SpanContext().SpanID().String()] = true
+		if !attemptIDs[d.Parent().SpanID().String()] {
+			t.Errorf("plugins.Deliver's parent %s is not a queue.attempt span", d.Parent().SpanID())
+		}
+	}
+	httpSpans := 0
+	for name, spans := range byName {
+		for _, s := range spans {
+			if s.SpanKind().String() == "client" && strings.Contains(name, "POST") {
+				httpSpans++
+				if !deliverIDs[s.Parent().SpanID().String()] {
+					t.Errorf("provider call span %q has parent %s, not a plugins.Deliver span", name, s.Parent().SpanID())
+				}
+			}
+		}
+	}
+	if httpSpans != 2 {
+		t.Errorf("%d provider HTTP call spans in the trace, want 2", httpSpans)
+	}
+}
