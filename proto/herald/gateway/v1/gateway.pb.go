@@ -25,6 +25,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReplyState int32
+
+const (
+	ReplyState_REPLY_STATE_UNSPECIFIED ReplyState = 0
+	ReplyState_REPLY_STATE_OPEN        ReplyState = 1
+	ReplyState_REPLY_STATE_CLOSED      ReplyState = 2
+	ReplyState_REPLY_STATE_ABORTED     ReplyState = 3
+)
+
+// Enum value maps for ReplyState.
+var (
+	ReplyState_name = map[int32]string{
+		0: "REPLY_STATE_UNSPECIFIED",
+		1: "REPLY_STATE_OPEN",
+		2: "REPLY_STATE_CLOSED",
+		3: "REPLY_STATE_ABORTED",
+	}
+	ReplyState_value = map[string]int32{
+		"REPLY_STATE_UNSPECIFIED": 0,
+		"REPLY_STATE_OPEN":        1,
+		"REPLY_STATE_CLOSED":      2,
+		"REPLY_STATE_ABORTED":     3,
+	}
+)
+
+func (x ReplyState) Enum() *ReplyState {
+	p := new(ReplyState)
+	*p = x
+	return p
+}
+
+func (x ReplyState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplyState) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_gateway_v1_gateway_proto_enumTypes[0].Descriptor()
+}
+
+func (ReplyState) Type() protoreflect.EnumType {
+	return &file_herald_gateway_v1_gateway_proto_enumTypes[0]
+}
+
+func (x ReplyState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplyState.Descriptor instead.
+func (ReplyState) EnumDescriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
 // DeliveryState mirrors herald.store.v1.State number for number.
 type DeliveryState int32
 
@@ -74,11 +126,11 @@ func (x DeliveryState) String() string {
 }
 
 func (DeliveryState) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_gateway_v1_gateway_proto_enumTypes[0].Descriptor()
+	return file_herald_gateway_v1_gateway_proto_enumTypes[1].Descriptor()
 }
 
 func (DeliveryState) Type() protoreflect.EnumType {
-	return &file_herald_gateway_v1_gateway_proto_enumTypes[0]
+	return &file_herald_gateway_v1_gateway_proto_enumTypes[1]
 }
 
 func (x DeliveryState) Number() protoreflect.EnumNumber {
@@ -87,7 +139,363 @@ func (x DeliveryState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeliveryState.Descriptor instead.
 func (DeliveryState) EnumDescriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+type OpenReplyRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Tenant    string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Channel   string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Recipient string                 `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// Defaults to the recipient.
+	Conversation string `protobuf:"bytes,4,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	// The user's message this answers, if any.
+	ReplyTo string `protobuf:"bytes,5,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// Optional: makes OpenReply safe to retry. A ULID.
+	Id            string `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenReplyRequest) Reset() {
+	*x = OpenReplyRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenReplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenReplyRequest) ProtoMessage() {}
+
+func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenReplyRequest.ProtoReflect.Descriptor instead.
+func (*OpenReplyRequest) Descriptor() ([]byte, []int) {
 	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OpenReplyRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *OpenReplyRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *OpenReplyRequest) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *OpenReplyRequest) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
+}
+
+func (x *OpenReplyRequest) GetReplyTo() string {
+	if x != nil {
+		return x.ReplyTo
+	}
+	return ""
+}
+
+func (x *OpenReplyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type OpenReplyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplyId       string                 `protobuf:"bytes,1,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	State         ReplyState             `protobuf:"varint,2,opt,name=state,proto3,enum=herald.gateway.v1.ReplyState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenReplyResponse) Reset() {
+	*x = OpenReplyResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenReplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenReplyResponse) ProtoMessage() {}
+
+func (x *OpenReplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenReplyResponse.ProtoReflect.Descriptor instead.
+func (*OpenReplyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OpenReplyResponse) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
+func (x *OpenReplyResponse) GetState() ReplyState {
+	if x != nil {
+		return x.State
+	}
+	return ReplyState_REPLY_STATE_UNSPECIFIED
+}
+
+type AppendChunkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplyId       string                 `protobuf:"bytes,1,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Text          string                 `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendChunkRequest) Reset() {
+	*x = AppendChunkRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendChunkRequest) ProtoMessage() {}
+
+func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendChunkRequest.ProtoReflect.Descriptor instead.
+func (*AppendChunkRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AppendChunkRequest) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
+func (x *AppendChunkRequest) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *AppendChunkRequest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type AppendChunkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chunk's message id (GetMessage works on it).
+	Id            string        `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State         DeliveryState `protobuf:"varint,2,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
+	Duplicate     bool          `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendChunkResponse) Reset() {
+	*x = AppendChunkResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendChunkResponse) ProtoMessage() {}
+
+func (x *AppendChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendChunkResponse.ProtoReflect.Descriptor instead.
+func (*AppendChunkResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AppendChunkResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AppendChunkResponse) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *AppendChunkResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+type CloseReplyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplyId       string                 `protobuf:"bytes,1,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseReplyRequest) Reset() {
+	*x = CloseReplyRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseReplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseReplyRequest) ProtoMessage() {}
+
+func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseReplyRequest.ProtoReflect.Descriptor instead.
+func (*CloseReplyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CloseReplyRequest) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
+type CloseReplyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         ReplyState             `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.ReplyState" json:"state,omitempty"`
+	Chunks        uint32                 `protobuf:"varint,2,opt,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseReplyResponse) Reset() {
+	*x = CloseReplyResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseReplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseReplyResponse) ProtoMessage() {}
+
+func (x *CloseReplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseReplyResponse.ProtoReflect.Descriptor instead.
+func (*CloseReplyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CloseReplyResponse) GetState() ReplyState {
+	if x != nil {
+		return x.State
+	}
+	return ReplyState_REPLY_STATE_UNSPECIFIED
+}
+
+func (x *CloseReplyResponse) GetChunks() uint32 {
+	if x != nil {
+		return x.Chunks
+	}
+	return 0
 }
 
 type AbortRequest struct {
@@ -100,7 +508,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -112,7 +520,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -125,7 +533,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -143,16 +551,22 @@ func (x *AbortRequest) GetReason() string {
 }
 
 type AbortResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	State         DeliveryState          `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
-	AlreadyFinal  bool                   `protobuf:"varint,2,opt,name=already_final,json=alreadyFinal,proto3" json:"already_final,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's state (unset for a reply).
+	State        DeliveryState `protobuf:"varint,1,opt,name=state,proto3,enum=herald.gateway.v1.DeliveryState" json:"state,omitempty"`
+	AlreadyFinal bool          `protobuf:"varint,2,opt,name=already_final,json=alreadyFinal,proto3" json:"already_final,omitempty"`
+	// For a reply: its state, chunks appended, and chunks delivered when the
+	// abort was recorded.
+	ReplyState     ReplyState `protobuf:"varint,3,opt,name=reply_state,json=replyState,proto3,enum=herald.gateway.v1.ReplyState" json:"reply_state,omitempty"`
+	ReplyChunks    uint32     `protobuf:"varint,4,opt,name=reply_chunks,json=replyChunks,proto3" json:"reply_chunks,omitempty"`
+	ReplyDelivered uint32     `protobuf:"varint,5,opt,name=reply_delivered,json=replyDelivered,proto3" json:"reply_delivered,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -164,7 +578,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -177,7 +591,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AbortResponse) GetState() DeliveryState {
@@ -194,6 +608,27 @@ func (x *AbortResponse) GetAlreadyFinal() bool {
 	return false
 }
 
+func (x *AbortResponse) GetReplyState() ReplyState {
+	if x != nil {
+		return x.ReplyState
+	}
+	return ReplyState_REPLY_STATE_UNSPECIFIED
+}
+
+func (x *AbortResponse) GetReplyChunks() uint32 {
+	if x != nil {
+		return x.ReplyChunks
+	}
+	return 0
+}
+
+func (x *AbortResponse) GetReplyDelivered() uint32 {
+	if x != nil {
+		return x.ReplyDelivered
+	}
+	return 0
+}
+
 type ListDeadLettersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
@@ -206,7 +641,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +653,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +666,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -271,7 +706,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +718,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +731,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListDeadLettersResponse) GetMessages() []*Message {
@@ -315,7 +750,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +762,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +775,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -359,7 +794,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +806,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +819,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RedriveResponse) GetState() DeliveryState {
@@ -403,7 +838,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +850,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +863,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PurgeRequest) GetId() string {
@@ -447,7 +882,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +894,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +907,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PurgeResponse) GetState() DeliveryState {
@@ -491,7 +926,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +938,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +951,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -535,7 +970,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +982,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +995,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -579,7 +1014,7 @@ type VerifyStateRequest struct {
 
 func (x *VerifyStateRequest) Reset() {
 	*x = VerifyStateRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +1026,7 @@ func (x *VerifyStateRequest) String() string {
 func (*VerifyStateRequest) ProtoMessage() {}
 
 func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +1039,7 @@ func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateRequest.ProtoReflect.Descriptor instead.
 func (*VerifyStateRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VerifyStateRequest) GetFull() bool {
@@ -628,7 +1063,7 @@ type VerifyStateResponse struct {
 
 func (x *VerifyStateResponse) Reset() {
 	*x = VerifyStateResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +1075,7 @@ func (x *VerifyStateResponse) String() string {
 func (*VerifyStateResponse) ProtoMessage() {}
 
 func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +1088,7 @@ func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateResponse.ProtoReflect.Descriptor instead.
 func (*VerifyStateResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VerifyStateResponse) GetCounts() map[string]int64 {
@@ -721,7 +1156,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +1168,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +1181,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SendRequest) GetTenant() string {
@@ -818,7 +1253,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1265,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1278,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendResponse) GetId() string {
@@ -883,7 +1318,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1330,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1343,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -945,7 +1380,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1392,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1405,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Message) GetId() string {
@@ -1119,7 +1554,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1566,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1579,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -1241,7 +1676,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1688,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1701,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetMessageResponse) GetMessage() *Message {
@@ -1298,7 +1733,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1745,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1758,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1370,7 +1805,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1817,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1830,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -1416,7 +1851,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1863,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1876,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1473,7 +1908,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1920,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1933,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 type ServiceStatus struct {
@@ -1514,7 +1949,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1961,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1974,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -1581,7 +2016,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +2028,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +2041,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusResponse) GetServices() []*ServiceStatus {
@@ -1634,13 +2069,40 @@ var File_herald_gateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n" +
+	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
+	"\x10OpenReplyRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1c\n" +
+	"\trecipient\x18\x03 \x01(\tR\trecipient\x12\"\n" +
+	"\fconversation\x18\x04 \x01(\tR\fconversation\x12\x19\n" +
+	"\breply_to\x18\x05 \x01(\tR\areplyTo\x12\x0e\n" +
+	"\x02id\x18\x06 \x01(\tR\x02id\"c\n" +
+	"\x11OpenReplyResponse\x12\x19\n" +
+	"\breply_id\x18\x01 \x01(\tR\areplyId\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.herald.gateway.v1.ReplyStateR\x05state\"Y\n" +
+	"\x12AppendChunkRequest\x12\x19\n" +
+	"\breply_id\x18\x01 \x01(\tR\areplyId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x12\x12\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\"{\n" +
+	"\x13AppendChunkResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
+	"\x05state\x18\x02 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\x12\x1c\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\".\n" +
+	"\x11CloseReplyRequest\x12\x19\n" +
+	"\breply_id\x18\x01 \x01(\tR\areplyId\"a\n" +
+	"\x12CloseReplyResponse\x123\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1d.herald.gateway.v1.ReplyStateR\x05state\x12\x16\n" +
+	"\x06chunks\x18\x02 \x01(\rR\x06chunks\"6\n" +
 	"\fAbortRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"l\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xf8\x01\n" +
 	"\rAbortResponse\x126\n" +
 	"\x05state\x18\x01 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\x12#\n" +
-	"\ralready_final\x18\x02 \x01(\bR\falreadyFinal\"\x8e\x01\n" +
+	"\ralready_final\x18\x02 \x01(\bR\falreadyFinal\x12>\n" +
+	"\vreply_state\x18\x03 \x01(\x0e2\x1d.herald.gateway.v1.ReplyStateR\n" +
+	"replyState\x12!\n" +
+	"\freply_chunks\x18\x04 \x01(\rR\vreplyChunks\x12'\n" +
+	"\x0freply_delivered\x18\x05 \x01(\rR\x0ereplyDelivered\"\x8e\x01\n" +
 	"\x16ListDeadLettersRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
@@ -1762,7 +2224,13 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x13recovery_index_size\x18\x03 \x01(\x03R\x11recoveryIndexSize\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*\xf6\x01\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*p\n" +
+	"\n" +
+	"ReplyState\x12\x1b\n" +
+	"\x17REPLY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10REPLY_STATE_OPEN\x10\x01\x12\x16\n" +
+	"\x12REPLY_STATE_CLOSED\x10\x02\x12\x17\n" +
+	"\x13REPLY_STATE_ABORTED\x10\x03*\xf6\x01\n" +
 	"\rDeliveryState\x12\x1e\n" +
 	"\x1aDELIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
@@ -1771,7 +2239,7 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x04\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16DELIVERY_STATE_ABORTED\x10\x06\x12\x1a\n" +
-	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xa8\a\n" +
+	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xb9\t\n" +
 	"\x0eGatewayService\x12G\n" +
 	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12Y\n" +
 	"\n" +
@@ -1784,7 +2252,11 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\aRedrive\x12!.herald.gateway.v1.RedriveRequest\x1a\".herald.gateway.v1.RedriveResponse\x12J\n" +
 	"\x05Purge\x12\x1f.herald.gateway.v1.PurgeRequest\x1a .herald.gateway.v1.PurgeResponse\x12M\n" +
 	"\x06Backup\x12 .herald.gateway.v1.BackupRequest\x1a!.herald.gateway.v1.BackupResponse\x12\\\n" +
-	"\vVerifyState\x12%.herald.gateway.v1.VerifyStateRequest\x1a&.herald.gateway.v1.VerifyStateResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
+	"\vVerifyState\x12%.herald.gateway.v1.VerifyStateRequest\x1a&.herald.gateway.v1.VerifyStateResponse\x12V\n" +
+	"\tOpenReply\x12#.herald.gateway.v1.OpenReplyRequest\x1a$.herald.gateway.v1.OpenReplyResponse\x12\\\n" +
+	"\vAppendChunk\x12%.herald.gateway.v1.AppendChunkRequest\x1a&.herald.gateway.v1.AppendChunkResponse\x12Y\n" +
+	"\n" +
+	"CloseReply\x12$.herald.gateway.v1.CloseReplyRequest\x1a%.herald.gateway.v1.CloseReplyResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_herald_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -1798,88 +2270,105 @@ func file_herald_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_herald_gateway_v1_gateway_proto_rawDescData
 }
 
-var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_herald_gateway_v1_gateway_proto_goTypes = []any{
-	(DeliveryState)(0),              // 0: herald.gateway.v1.DeliveryState
-	(*AbortRequest)(nil),            // 1: herald.gateway.v1.AbortRequest
-	(*AbortResponse)(nil),           // 2: herald.gateway.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil),  // 3: herald.gateway.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 4: herald.gateway.v1.ListDeadLettersResponse
-	(*RedriveRequest)(nil),          // 5: herald.gateway.v1.RedriveRequest
-	(*RedriveResponse)(nil),         // 6: herald.gateway.v1.RedriveResponse
-	(*PurgeRequest)(nil),            // 7: herald.gateway.v1.PurgeRequest
-	(*PurgeResponse)(nil),           // 8: herald.gateway.v1.PurgeResponse
-	(*BackupRequest)(nil),           // 9: herald.gateway.v1.BackupRequest
-	(*BackupResponse)(nil),          // 10: herald.gateway.v1.BackupResponse
-	(*VerifyStateRequest)(nil),      // 11: herald.gateway.v1.VerifyStateRequest
-	(*VerifyStateResponse)(nil),     // 12: herald.gateway.v1.VerifyStateResponse
-	(*SendRequest)(nil),             // 13: herald.gateway.v1.SendRequest
-	(*SendResponse)(nil),            // 14: herald.gateway.v1.SendResponse
-	(*GetMessageRequest)(nil),       // 15: herald.gateway.v1.GetMessageRequest
-	(*Message)(nil),                 // 16: herald.gateway.v1.Message
-	(*Event)(nil),                   // 17: herald.gateway.v1.Event
-	(*GetMessageResponse)(nil),      // 18: herald.gateway.v1.GetMessageResponse
-	(*HistoryRequest)(nil),          // 19: herald.gateway.v1.HistoryRequest
-	(*HistoryResponse)(nil),         // 20: herald.gateway.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),      // 21: herald.gateway.v1.WatchEventsRequest
-	(*StatusRequest)(nil),           // 22: herald.gateway.v1.StatusRequest
-	(*ServiceStatus)(nil),           // 23: herald.gateway.v1.ServiceStatus
-	(*StatusResponse)(nil),          // 24: herald.gateway.v1.StatusResponse
-	nil,                             // 25: herald.gateway.v1.VerifyStateResponse.CountsEntry
-	nil,                             // 26: herald.gateway.v1.SendRequest.MetadataEntry
-	nil,                             // 27: herald.gateway.v1.Message.MetadataEntry
-	nil,                             // 28: herald.gateway.v1.StatusResponse.CountsEntry
-	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
+	(ReplyState)(0),                 // 0: herald.gateway.v1.ReplyState
+	(DeliveryState)(0),              // 1: herald.gateway.v1.DeliveryState
+	(*OpenReplyRequest)(nil),        // 2: herald.gateway.v1.OpenReplyRequest
+	(*OpenReplyResponse)(nil),       // 3: herald.gateway.v1.OpenReplyResponse
+	(*AppendChunkRequest)(nil),      // 4: herald.gateway.v1.AppendChunkRequest
+	(*AppendChunkResponse)(nil),     // 5: herald.gateway.v1.AppendChunkResponse
+	(*CloseReplyRequest)(nil),       // 6: herald.gateway.v1.CloseReplyRequest
+	(*CloseReplyResponse)(nil),      // 7: herald.gateway.v1.CloseReplyResponse
+	(*AbortRequest)(nil),            // 8: herald.gateway.v1.AbortRequest
+	(*AbortResponse)(nil),           // 9: herald.gateway.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil),  // 10: herald.gateway.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 11: herald.gateway.v1.ListDeadLettersResponse
+	(*RedriveRequest)(nil),          // 12: herald.gateway.v1.RedriveRequest
+	(*RedriveResponse)(nil),         // 13: herald.gateway.v1.RedriveResponse
+	(*PurgeRequest)(nil),            // 14: herald.gateway.v1.PurgeRequest
+	(*PurgeResponse)(nil),           // 15: herald.gateway.v1.PurgeResponse
+	(*BackupRequest)(nil),           // 16: herald.gateway.v1.BackupRequest
+	(*BackupResponse)(nil),          // 17: herald.gateway.v1.BackupResponse
+	(*VerifyStateRequest)(nil),      // 18: herald.gateway.v1.VerifyStateRequest
+	(*VerifyStateResponse)(nil),     // 19: herald.gateway.v1.VerifyStateResponse
+	(*SendRequest)(nil),             // 20: herald.gateway.v1.SendRequest
+	(*SendResponse)(nil),            // 21: herald.gateway.v1.SendResponse
+	(*GetMessageRequest)(nil),       // 22: herald.gateway.v1.GetMessageRequest
+	(*Message)(nil),                 // 23: herald.gateway.v1.Message
+	(*Event)(nil),                   // 24: herald.gateway.v1.Event
+	(*GetMessageResponse)(nil),      // 25: herald.gateway.v1.GetMessageResponse
+	(*HistoryRequest)(nil),          // 26: herald.gateway.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 27: herald.gateway.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),      // 28: herald.gateway.v1.WatchEventsRequest
+	(*StatusRequest)(nil),           // 29: herald.gateway.v1.StatusRequest
+	(*ServiceStatus)(nil),           // 30: herald.gateway.v1.ServiceStatus
+	(*StatusResponse)(nil),          // 31: herald.gateway.v1.StatusResponse
+	nil,                             // 32: herald.gateway.v1.VerifyStateResponse.CountsEntry
+	nil,                             // 33: herald.gateway.v1.SendRequest.MetadataEntry
+	nil,                             // 34: herald.gateway.v1.Message.MetadataEntry
+	nil,                             // 35: herald.gateway.v1.StatusResponse.CountsEntry
+	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
 }
 var file_herald_gateway_v1_gateway_proto_depIdxs = []int32{
-	0,  // 0: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	29, // 1: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
-	16, // 2: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
-	0,  // 3: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	0,  // 4: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	25, // 5: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
-	26, // 6: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
-	0,  // 7: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	27, // 8: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
-	0,  // 9: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
-	29, // 10: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
-	29, // 11: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	29, // 12: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
-	29, // 13: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 14: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
-	16, // 15: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
-	17, // 16: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
-	16, // 17: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
-	23, // 18: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
-	28, // 19: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
-	13, // 20: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
-	15, // 21: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
-	19, // 22: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
-	21, // 23: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
-	22, // 24: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
-	1,  // 25: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
-	3,  // 26: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
-	5,  // 27: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
-	7,  // 28: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
-	9,  // 29: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
-	11, // 30: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
-	14, // 31: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
-	18, // 32: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
-	20, // 33: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
-	17, // 34: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
-	24, // 35: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
-	2,  // 36: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
-	4,  // 37: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
-	6,  // 38: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
-	8,  // 39: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
-	10, // 40: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
-	12, // 41: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	0,  // 0: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 1: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 2: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 3: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 4: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
+	36, // 5: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	23, // 6: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
+	1,  // 7: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	1,  // 8: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	32, // 9: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
+	33, // 10: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
+	1,  // 11: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	34, // 12: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
+	1,  // 13: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
+	36, // 14: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
+	36, // 15: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
+	36, // 16: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
+	36, // 17: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 18: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
+	23, // 19: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
+	24, // 20: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
+	23, // 21: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
+	30, // 22: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
+	35, // 23: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
+	20, // 24: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
+	22, // 25: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
+	26, // 26: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
+	28, // 27: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
+	29, // 28: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
+	8,  // 29: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
+	10, // 30: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
+	12, // 31: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
+	14, // 32: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
+	16, // 33: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
+	18, // 34: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
+	2,  // 35: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
+	4,  // 36: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
+	6,  // 37: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
+	21, // 38: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
+	25, // 39: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
+	27, // 40: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
+	24, // 41: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
+	31, // 42: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
+	9,  // 43: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
+	11, // 44: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
+	13, // 45: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
+	15, // 46: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
+	17, // 47: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
+	19, // 48: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
+	3,  // 49: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
+	5,  // 50: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
+	7,  // 51: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
+	38, // [38:52] is the sub-list for method output_type
+	24, // [24:38] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_herald_gateway_v1_gateway_proto_init() }
@@ -1892,8 +2381,8 @@ func file_herald_gateway_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_gateway_v1_gateway_proto_rawDesc), len(file_herald_gateway_v1_gateway_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   28,
+			NumEnums:      2,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,9 @@ const (
 	GatewayService_Purge_FullMethodName           = "/herald.gateway.v1.GatewayService/Purge"
 	GatewayService_Backup_FullMethodName          = "/herald.gateway.v1.GatewayService/Backup"
 	GatewayService_VerifyState_FullMethodName     = "/herald.gateway.v1.GatewayService/VerifyState"
+	GatewayService_OpenReply_FullMethodName       = "/herald.gateway.v1.GatewayService/OpenReply"
+	GatewayService_AppendChunk_FullMethodName     = "/herald.gateway.v1.GatewayService/AppendChunk"
+	GatewayService_CloseReply_FullMethodName      = "/herald.gateway.v1.GatewayService/CloseReply"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -88,6 +91,19 @@ type GatewayServiceClient interface {
 	// VerifyState checks the tracker's store invariants on a consistent
 	// snapshot and lists every problem found. Idempotent.
 	VerifyState(ctx context.Context, in *VerifyStateRequest, opts ...grpc.CallOption) (*VerifyStateResponse, error)
+	// OpenReply starts a streamed reply in a conversation; chunks follow with
+	// AppendChunk and are delivered in order, each once. Abort takes the
+	// reply's id. Idempotent when id is given (a repeat returns the reply).
+	// Errors: INVALID_ARGUMENT.
+	OpenReply(ctx context.Context, in *OpenReplyRequest, opts ...grpc.CallOption) (*OpenReplyResponse, error)
+	// AppendChunk adds chunk index (0, 1, 2, ...) to a reply. It returns OK only
+	// once the chunk is durable. Idempotent by (reply_id, index): a repeat
+	// returns the same chunk. Errors: NOT_FOUND (no reply),
+	// FAILED_PRECONDITION (the reply was closed or aborted, or index skips
+	// ahead: append the next index), UNAVAILABLE (retry with the same index).
+	AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AppendChunkResponse, error)
+	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
+	CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*CloseReplyResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -217,6 +233,36 @@ func (c *gatewayServiceClient) VerifyState(ctx context.Context, in *VerifyStateR
 	return out, nil
 }
 
+func (c *gatewayServiceClient) OpenReply(ctx context.Context, in *OpenReplyRequest, opts ...grpc.CallOption) (*OpenReplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenReplyResponse)
+	err := c.cc.Invoke(ctx, GatewayService_OpenReply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AppendChunkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppendChunkResponse)
+	err := c.cc.Invoke(ctx, GatewayService_AppendChunk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*CloseReplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseReplyResponse)
+	err := c.cc.Invoke(ctx, GatewayService_CloseReply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -270,6 +316,19 @@ type GatewayServiceServer interface {
 	// VerifyState checks the tracker's store invariants on a consistent
 	// snapshot and lists every problem found. Idempotent.
 	VerifyState(context.Context, *VerifyStateRequest) (*VerifyStateResponse, error)
+	// OpenReply starts a streamed reply in a conversation; chunks follow with
+	// AppendChunk and are delivered in order, each once. Abort takes the
+	// reply's id. Idempotent when id is given (a repeat returns the reply).
+	// Errors: INVALID_ARGUMENT.
+	OpenReply(context.Context, *OpenReplyRequest) (*OpenReplyResponse, error)
+	// AppendChunk adds chunk index (0, 1, 2, ...) to a reply. It returns OK only
+	// once the chunk is durable. Idempotent by (reply_id, index): a repeat
+	// returns the same chunk. Errors: NOT_FOUND (no reply),
+	// FAILED_PRECONDITION (the reply was closed or aborted, or index skips
+	// ahead: append the next index), UNAVAILABLE (retry with the same index).
+	AppendChunk(context.Context, *AppendChunkRequest) (*AppendChunkResponse, error)
+	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
+	CloseReply(context.Context, *CloseReplyRequest) (*CloseReplyResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -312,6 +371,15 @@ func (UnimplementedGatewayServiceServer) Backup(context.Context, *BackupRequest)
 }
 func (UnimplementedGatewayServiceServer) VerifyState(context.Context, *VerifyStateRequest) (*VerifyStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyState not implemented")
+}
+func (UnimplementedGatewayServiceServer) OpenReply(context.Context, *OpenReplyRequest) (*OpenReplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenReply not implemented")
+}
+func (UnimplementedGatewayServiceServer) AppendChunk(context.Context, *AppendChunkRequest) (*AppendChunkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendChunk not implemented")
+}
+func (UnimplementedGatewayServiceServer) CloseReply(context.Context, *CloseReplyRequest) (*CloseReplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseReply not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -525,6 +593,60 @@ func _GatewayService_VerifyState_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_OpenReply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenReplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).OpenReply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_OpenReply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).OpenReply(ctx, req.(*OpenReplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_AppendChunk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendChunkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).AppendChunk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_AppendChunk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).AppendChunk(ctx, req.(*AppendChunkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_CloseReply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseReplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).CloseReply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_CloseReply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).CloseReply(ctx, req.(*CloseReplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -571,6 +693,18 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyState",
 			Handler:    _GatewayService_VerifyState_Handler,
+		},
+		{
+			MethodName: "OpenReply",
+			Handler:    _GatewayService_OpenReply_Handler,
+		},
+		{
+			MethodName: "AppendChunk",
+			Handler:    _GatewayService_AppendChunk_Handler,
+		},
+		{
+			MethodName: "CloseReply",
+			Handler:    _GatewayService_CloseReply_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

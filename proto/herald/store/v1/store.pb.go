@@ -99,6 +99,62 @@ func (State) EnumDescriptor() ([]byte, []int) {
 	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{0}
 }
 
+// ReplyState is the state of a streamed reply as a whole.
+type ReplyState int32
+
+const (
+	ReplyState_REPLY_STATE_UNSPECIFIED ReplyState = 0
+	// Chunks may be appended.
+	ReplyState_REPLY_STATE_OPEN ReplyState = 1
+	// The backend finished it; no more chunks.
+	ReplyState_REPLY_STATE_CLOSED ReplyState = 2
+	// Aborted: no chunk not yet sent will be sent.
+	ReplyState_REPLY_STATE_ABORTED ReplyState = 3
+)
+
+// Enum value maps for ReplyState.
+var (
+	ReplyState_name = map[int32]string{
+		0: "REPLY_STATE_UNSPECIFIED",
+		1: "REPLY_STATE_OPEN",
+		2: "REPLY_STATE_CLOSED",
+		3: "REPLY_STATE_ABORTED",
+	}
+	ReplyState_value = map[string]int32{
+		"REPLY_STATE_UNSPECIFIED": 0,
+		"REPLY_STATE_OPEN":        1,
+		"REPLY_STATE_CLOSED":      2,
+		"REPLY_STATE_ABORTED":     3,
+	}
+)
+
+func (x ReplyState) Enum() *ReplyState {
+	p := new(ReplyState)
+	*p = x
+	return p
+}
+
+func (x ReplyState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplyState) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_store_v1_store_proto_enumTypes[1].Descriptor()
+}
+
+func (ReplyState) Type() protoreflect.EnumType {
+	return &file_herald_store_v1_store_proto_enumTypes[1]
+}
+
+func (x ReplyState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplyState.Descriptor instead.
+func (ReplyState) EnumDescriptor() ([]byte, []int) {
+	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{1}
+}
+
 // Message is the immutable part of a message: what to deliver, to whom, and
 // the trace it belongs to. Written once, at Accept.
 type Message struct {
@@ -120,8 +176,12 @@ type Message struct {
 	Tracestate  string `protobuf:"bytes,12,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	// Zero means no time-to-live.
 	ExpiresAtUnixNano int64 `protobuf:"varint,13,opt,name=expires_at_unix_nano,json=expiresAtUnixNano,proto3" json:"expires_at_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Set on the chunks of a streamed reply: the reply's id and the chunk's
+	// position in it, from 0.
+	ReplyId       string `protobuf:"bytes,14,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	ChunkIndex    uint32 `protobuf:"varint,15,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -245,6 +305,173 @@ func (x *Message) GetExpiresAtUnixNano() int64 {
 	return 0
 }
 
+func (x *Message) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
+func (x *Message) GetChunkIndex() uint32 {
+	if x != nil {
+		return x.ChunkIndex
+	}
+	return 0
+}
+
+// Reply is a streamed reply: a sequence of chunks, each one a Message of the
+// reply's conversation.
+type Reply struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Tenant       string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Channel      string                 `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	Recipient    string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	Conversation string                 `protobuf:"bytes,5,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	// The user's message this answers, if any.
+	ReplyTo string     `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	State   ReplyState `protobuf:"varint,7,opt,name=state,proto3,enum=herald.store.v1.ReplyState" json:"state,omitempty"`
+	// Chunks appended so far.
+	Chunks uint32 `protobuf:"varint,8,opt,name=chunks,proto3" json:"chunks,omitempty"`
+	// With ABORTED: chunks delivered when the abort was recorded (k of n).
+	DeliveredAtAbort uint32 `protobuf:"varint,9,opt,name=delivered_at_abort,json=deliveredAtAbort,proto3" json:"delivered_at_abort,omitempty"`
+	Reason           string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	OpenedAtUnixNano int64  `protobuf:"varint,11,opt,name=opened_at_unix_nano,json=openedAtUnixNano,proto3" json:"opened_at_unix_nano,omitempty"`
+	UpdatedUnixNano  int64  `protobuf:"varint,12,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	Traceparent      string `protobuf:"bytes,13,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate       string `protobuf:"bytes,14,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_herald_store_v1_store_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_store_v1_store_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Reply) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Reply) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Reply) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Reply) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *Reply) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
+}
+
+func (x *Reply) GetReplyTo() string {
+	if x != nil {
+		return x.ReplyTo
+	}
+	return ""
+}
+
+func (x *Reply) GetState() ReplyState {
+	if x != nil {
+		return x.State
+	}
+	return ReplyState_REPLY_STATE_UNSPECIFIED
+}
+
+func (x *Reply) GetChunks() uint32 {
+	if x != nil {
+		return x.Chunks
+	}
+	return 0
+}
+
+func (x *Reply) GetDeliveredAtAbort() uint32 {
+	if x != nil {
+		return x.DeliveredAtAbort
+	}
+	return 0
+}
+
+func (x *Reply) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Reply) GetOpenedAtUnixNano() int64 {
+	if x != nil {
+		return x.OpenedAtUnixNano
+	}
+	return 0
+}
+
+func (x *Reply) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+func (x *Reply) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *Reply) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 // Delivery is the mutable part of a message: its state and attempt history.
 // Every change to it is a compare-and-set in the tracker.
 type Delivery struct {
@@ -281,7 +508,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_herald_store_v1_store_proto_msgTypes[1]
+	mi := &file_herald_store_v1_store_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +520,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_store_v1_store_proto_msgTypes[1]
+	mi := &file_herald_store_v1_store_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +533,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{1}
+	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Delivery) GetState() State {
@@ -425,7 +652,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_store_v1_store_proto_msgTypes[2]
+	mi := &file_herald_store_v1_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +664,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_store_v1_store_proto_msgTypes[2]
+	mi := &file_herald_store_v1_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +677,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_herald_store_v1_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -548,7 +775,7 @@ var File_herald_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1bherald/store/v1/store.proto\x12\x0fherald.store.v1\"\x8d\x04\n" +
+	"\x1bherald/store/v1/store.proto\x12\x0fherald.store.v1\"\xc9\x04\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
@@ -565,10 +792,31 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\n" +
 	"tracestate\x18\f \x01(\tR\n" +
 	"tracestate\x12/\n" +
-	"\x14expires_at_unix_nano\x18\r \x01(\x03R\x11expiresAtUnixNano\x1a;\n" +
+	"\x14expires_at_unix_nano\x18\r \x01(\x03R\x11expiresAtUnixNano\x12\x19\n" +
+	"\breply_id\x18\x0e \x01(\tR\areplyId\x12\x1f\n" +
+	"\vchunk_index\x18\x0f \x01(\rR\n" +
+	"chunkIndex\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\x03\n" +
+	"\x05Reply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x12\x1c\n" +
+	"\trecipient\x18\x04 \x01(\tR\trecipient\x12\"\n" +
+	"\fconversation\x18\x05 \x01(\tR\fconversation\x12\x19\n" +
+	"\breply_to\x18\x06 \x01(\tR\areplyTo\x121\n" +
+	"\x05state\x18\a \x01(\x0e2\x1b.herald.store.v1.ReplyStateR\x05state\x12\x16\n" +
+	"\x06chunks\x18\b \x01(\rR\x06chunks\x12,\n" +
+	"\x12delivered_at_abort\x18\t \x01(\rR\x10deliveredAtAbort\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x12-\n" +
+	"\x13opened_at_unix_nano\x18\v \x01(\x03R\x10openedAtUnixNano\x12*\n" +
+	"\x11updated_unix_nano\x18\f \x01(\x03R\x0fupdatedUnixNano\x12 \n" +
+	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x0e \x01(\tR\n" +
+	"tracestate\"\x85\x04\n" +
 	"\bDelivery\x12,\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x16.herald.store.v1.StateR\x05state\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
@@ -611,7 +859,13 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\x0fSTATE_DELIVERED\x10\x04\x12\x10\n" +
 	"\fSTATE_FAILED\x10\x05\x12\x11\n" +
 	"\rSTATE_ABORTED\x10\x06\x12\x11\n" +
-	"\rSTATE_EXPIRED\x10\aB<Z:github.com/heraldchat/herald/proto/herald/store/v1;storev1b\x06proto3"
+	"\rSTATE_EXPIRED\x10\a*p\n" +
+	"\n" +
+	"ReplyState\x12\x1b\n" +
+	"\x17REPLY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10REPLY_STATE_OPEN\x10\x01\x12\x16\n" +
+	"\x12REPLY_STATE_CLOSED\x10\x02\x12\x17\n" +
+	"\x13REPLY_STATE_ABORTED\x10\x03B<Z:github.com/heraldchat/herald/proto/herald/store/v1;storev1b\x06proto3"
 
 var (
 	file_herald_store_v1_store_proto_rawDescOnce sync.Once
@@ -625,24 +879,27 @@ func file_herald_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_herald_store_v1_store_proto_rawDescData
 }
 
-var file_herald_store_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_herald_store_v1_store_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_herald_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_herald_store_v1_store_proto_goTypes = []any{
 	(State)(0),       // 0: herald.store.v1.State
-	(*Message)(nil),  // 1: herald.store.v1.Message
-	(*Delivery)(nil), // 2: herald.store.v1.Delivery
-	(*Event)(nil),    // 3: herald.store.v1.Event
-	nil,              // 4: herald.store.v1.Message.MetadataEntry
+	(ReplyState)(0),  // 1: herald.store.v1.ReplyState
+	(*Message)(nil),  // 2: herald.store.v1.Message
+	(*Reply)(nil),    // 3: herald.store.v1.Reply
+	(*Delivery)(nil), // 4: herald.store.v1.Delivery
+	(*Event)(nil),    // 5: herald.store.v1.Event
+	nil,              // 6: herald.store.v1.Message.MetadataEntry
 }
 var file_herald_store_v1_store_proto_depIdxs = []int32{
-	4, // 0: herald.store.v1.Message.metadata:type_name -> herald.store.v1.Message.MetadataEntry
-	0, // 1: herald.store.v1.Delivery.state:type_name -> herald.store.v1.State
-	0, // 2: herald.store.v1.Event.state:type_name -> herald.store.v1.State
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 0: herald.store.v1.Message.metadata:type_name -> herald.store.v1.Message.MetadataEntry
+	1, // 1: herald.store.v1.Reply.state:type_name -> herald.store.v1.ReplyState
+	0, // 2: herald.store.v1.Delivery.state:type_name -> herald.store.v1.State
+	0, // 3: herald.store.v1.Event.state:type_name -> herald.store.v1.State
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_herald_store_v1_store_proto_init() }
@@ -655,8 +912,8 @@ func file_herald_store_v1_store_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_store_v1_store_proto_rawDesc), len(file_herald_store_v1_store_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   4,
+			NumEnums:      2,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -85,6 +85,199 @@ func (Result) EnumDescriptor() ([]byte, []int) {
 	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
 }
 
+type OpenReplyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reply         *v1.Reply              `protobuf:"bytes,1,opt,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenReplyRequest) Reset() {
+	*x = OpenReplyRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenReplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenReplyRequest) ProtoMessage() {}
+
+func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenReplyRequest.ProtoReflect.Descriptor instead.
+func (*OpenReplyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OpenReplyRequest) GetReply() *v1.Reply {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+type ReplyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reply         *v1.Reply              `protobuf:"bytes,1,opt,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyResponse) Reset() {
+	*x = ReplyResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyResponse) ProtoMessage() {}
+
+func (x *ReplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyResponse.ProtoReflect.Descriptor instead.
+func (*ReplyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReplyResponse) GetReply() *v1.Reply {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+type AppendChunkRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ReplyId string                 `protobuf:"bytes,1,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	Index   uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// id and text; the rest comes from the reply.
+	Message       *v1.Message `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendChunkRequest) Reset() {
+	*x = AppendChunkRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendChunkRequest) ProtoMessage() {}
+
+func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendChunkRequest.ProtoReflect.Descriptor instead.
+func (*AppendChunkRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AppendChunkRequest) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
+func (x *AppendChunkRequest) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *AppendChunkRequest) GetMessage() *v1.Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+type CloseReplyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplyId       string                 `protobuf:"bytes,1,opt,name=reply_id,json=replyId,proto3" json:"reply_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseReplyRequest) Reset() {
+	*x = CloseReplyRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseReplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseReplyRequest) ProtoMessage() {}
+
+func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseReplyRequest.ProtoReflect.Descriptor instead.
+func (*CloseReplyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CloseReplyRequest) GetReplyId() string {
+	if x != nil {
+		return x.ReplyId
+	}
+	return ""
+}
+
 type RecordEventRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// channel.unhealthy, channel.healthy, ...
@@ -98,7 +291,7 @@ type RecordEventRequest struct {
 
 func (x *RecordEventRequest) Reset() {
 	*x = RecordEventRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -110,7 +303,7 @@ func (x *RecordEventRequest) String() string {
 func (*RecordEventRequest) ProtoMessage() {}
 
 func (x *RecordEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -123,7 +316,7 @@ func (x *RecordEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEventRequest.ProtoReflect.Descriptor instead.
 func (*RecordEventRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RecordEventRequest) GetType() string {
@@ -163,7 +356,7 @@ type RecordEventResponse struct {
 
 func (x *RecordEventResponse) Reset() {
 	*x = RecordEventResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +368,7 @@ func (x *RecordEventResponse) String() string {
 func (*RecordEventResponse) ProtoMessage() {}
 
 func (x *RecordEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +381,7 @@ func (x *RecordEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEventResponse.ProtoReflect.Descriptor instead.
 func (*RecordEventResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RecordEventResponse) GetSequence() uint64 {
@@ -208,7 +401,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +413,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +426,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -251,8 +444,11 @@ func (x *AbortRequest) GetReason() string {
 }
 
 type AbortResponse struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Delivery *v1.Delivery           `protobuf:"bytes,1,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set when the id named a message.
+	Delivery *v1.Delivery `protobuf:"bytes,1,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	// Set when the id named a streamed reply.
+	Reply *v1.Reply `protobuf:"bytes,3,opt,name=reply,proto3" json:"reply,omitempty"`
 	// True when the message had already finished (or was already aborting):
 	// nothing changed.
 	AlreadyFinal  bool `protobuf:"varint,2,opt,name=already_final,json=alreadyFinal,proto3" json:"already_final,omitempty"`
@@ -262,7 +458,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +470,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,12 +483,19 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AbortResponse) GetDelivery() *v1.Delivery {
 	if x != nil {
 		return x.Delivery
+	}
+	return nil
+}
+
+func (x *AbortResponse) GetReply() *v1.Reply {
+	if x != nil {
+		return x.Reply
 	}
 	return nil
 }
@@ -316,7 +519,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +531,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +544,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -381,7 +584,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +596,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +609,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -425,7 +628,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +640,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +653,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RedriveResponse) GetDelivery() *v1.Delivery {
@@ -470,7 +673,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +685,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +698,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -515,7 +718,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +730,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +743,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -559,7 +762,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +774,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +787,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyRequest) GetFull() bool {
@@ -608,7 +811,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +823,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +836,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VerifyResponse) GetCounts() map[string]int64 {
@@ -689,7 +892,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +904,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +917,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AcceptRequest) GetMessage() *v1.Message {
@@ -736,7 +939,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +951,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +964,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AcceptResponse) GetMessage() *v1.Message {
@@ -803,7 +1006,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1018,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1031,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaseRequest) GetWorker() string {
@@ -876,7 +1079,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1091,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1104,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Lease) GetMessage() *v1.Message {
@@ -927,7 +1130,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1142,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1155,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaseResponse) GetLeases() []*Lease {
@@ -984,7 +1187,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1199,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1212,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -1099,7 +1302,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1314,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1327,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteRequest) GetWorker() string {
@@ -1153,7 +1356,7 @@ type OutcomeResult struct {
 
 func (x *OutcomeResult) Reset() {
 	*x = OutcomeResult{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1368,7 @@ func (x *OutcomeResult) String() string {
 func (*OutcomeResult) ProtoMessage() {}
 
 func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1381,7 @@ func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeResult.ProtoReflect.Descriptor instead.
 func (*OutcomeResult) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *OutcomeResult) GetMessageId() string {
@@ -1211,7 +1414,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1426,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1439,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CompleteResponse) GetResults() []*OutcomeResult {
@@ -1255,7 +1458,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1470,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1483,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1301,7 +1504,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1516,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1529,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetMessageResponse) GetMessage() *v1.Message {
@@ -1364,7 +1567,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1579,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1592,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1436,7 +1639,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1651,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1664,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HistoryResponse) GetMessages() []*Lease {
@@ -1485,7 +1688,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1700,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1713,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1542,7 +1745,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1757,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1770,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{29}
 }
 
 type StatsResponse struct {
@@ -1582,7 +1785,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1797,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1810,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsResponse) GetCounts() map[string]int64 {
@@ -1635,7 +1838,17 @@ var File_herald_tracker_v1_tracker_proto protoreflect.FileDescriptor
 
 const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"y\n" +
+	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"@\n" +
+	"\x10OpenReplyRequest\x12,\n" +
+	"\x05reply\x18\x01 \x01(\v2\x16.herald.store.v1.ReplyR\x05reply\"=\n" +
+	"\rReplyResponse\x12,\n" +
+	"\x05reply\x18\x01 \x01(\v2\x16.herald.store.v1.ReplyR\x05reply\"y\n" +
+	"\x12AppendChunkRequest\x12\x19\n" +
+	"\breply_id\x18\x01 \x01(\tR\areplyId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x122\n" +
+	"\amessage\x18\x03 \x01(\v2\x18.herald.store.v1.MessageR\amessage\".\n" +
+	"\x11CloseReplyRequest\x12\x19\n" +
+	"\breply_id\x18\x01 \x01(\tR\areplyId\"y\n" +
 	"\x12RecordEventRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1d\n" +
@@ -1646,9 +1859,10 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\"6\n" +
 	"\fAbortRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"k\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x99\x01\n" +
 	"\rAbortResponse\x125\n" +
-	"\bdelivery\x18\x01 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12#\n" +
+	"\bdelivery\x18\x01 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12,\n" +
+	"\x05reply\x18\x03 \x01(\v2\x16.herald.store.v1.ReplyR\x05reply\x12#\n" +
 	"\ralready_final\x18\x02 \x01(\bR\falreadyFinal\"\x84\x01\n" +
 	"\x16ListDeadLettersRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12&\n" +
@@ -1753,7 +1967,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x10RESULT_DELIVERED\x10\x01\x12\x10\n" +
 	"\fRESULT_RETRY\x10\x02\x12\x11\n" +
 	"\rRESULT_FAILED\x10\x03\x12\x12\n" +
-	"\x0eRESULT_UNKNOWN\x10\x042\x95\t\n" +
+	"\x0eRESULT_UNKNOWN\x10\x042\x98\v\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
@@ -1769,7 +1983,11 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x05Purge\x12!.herald.tracker.v1.RedriveRequest\x1a\".herald.tracker.v1.RedriveResponse\x12M\n" +
 	"\x06Backup\x12 .herald.tracker.v1.BackupRequest\x1a!.herald.tracker.v1.BackupResponse\x12M\n" +
 	"\x06Verify\x12 .herald.tracker.v1.VerifyRequest\x1a!.herald.tracker.v1.VerifyResponse\x12\\\n" +
-	"\vRecordEvent\x12%.herald.tracker.v1.RecordEventRequest\x1a&.herald.tracker.v1.RecordEventResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
+	"\vRecordEvent\x12%.herald.tracker.v1.RecordEventRequest\x1a&.herald.tracker.v1.RecordEventResponse\x12R\n" +
+	"\tOpenReply\x12#.herald.tracker.v1.OpenReplyRequest\x1a .herald.tracker.v1.ReplyResponse\x12W\n" +
+	"\vAppendChunk\x12%.herald.tracker.v1.AppendChunkRequest\x1a!.herald.tracker.v1.AcceptResponse\x12T\n" +
+	"\n" +
+	"CloseReply\x12$.herald.tracker.v1.CloseReplyRequest\x1a .herald.tracker.v1.ReplyResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
 
 var (
 	file_herald_tracker_v1_tracker_proto_rawDescOnce sync.Once
@@ -1784,95 +2002,110 @@ func file_herald_tracker_v1_tracker_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_tracker_v1_tracker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_herald_tracker_v1_tracker_proto_goTypes = []any{
 	(Result)(0),                    // 0: herald.tracker.v1.Result
-	(*RecordEventRequest)(nil),     // 1: herald.tracker.v1.RecordEventRequest
-	(*RecordEventResponse)(nil),    // 2: herald.tracker.v1.RecordEventResponse
-	(*AbortRequest)(nil),           // 3: herald.tracker.v1.AbortRequest
-	(*AbortResponse)(nil),          // 4: herald.tracker.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil), // 5: herald.tracker.v1.ListDeadLettersRequest
-	(*RedriveRequest)(nil),         // 6: herald.tracker.v1.RedriveRequest
-	(*RedriveResponse)(nil),        // 7: herald.tracker.v1.RedriveResponse
-	(*BackupRequest)(nil),          // 8: herald.tracker.v1.BackupRequest
-	(*BackupResponse)(nil),         // 9: herald.tracker.v1.BackupResponse
-	(*VerifyRequest)(nil),          // 10: herald.tracker.v1.VerifyRequest
-	(*VerifyResponse)(nil),         // 11: herald.tracker.v1.VerifyResponse
-	(*AcceptRequest)(nil),          // 12: herald.tracker.v1.AcceptRequest
-	(*AcceptResponse)(nil),         // 13: herald.tracker.v1.AcceptResponse
-	(*LeaseRequest)(nil),           // 14: herald.tracker.v1.LeaseRequest
-	(*Lease)(nil),                  // 15: herald.tracker.v1.Lease
-	(*LeaseResponse)(nil),          // 16: herald.tracker.v1.LeaseResponse
-	(*Outcome)(nil),                // 17: herald.tracker.v1.Outcome
-	(*CompleteRequest)(nil),        // 18: herald.tracker.v1.CompleteRequest
-	(*OutcomeResult)(nil),          // 19: herald.tracker.v1.OutcomeResult
-	(*CompleteResponse)(nil),       // 20: herald.tracker.v1.CompleteResponse
-	(*GetMessageRequest)(nil),      // 21: herald.tracker.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),     // 22: herald.tracker.v1.GetMessageResponse
-	(*HistoryRequest)(nil),         // 23: herald.tracker.v1.HistoryRequest
-	(*HistoryResponse)(nil),        // 24: herald.tracker.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),     // 25: herald.tracker.v1.WatchEventsRequest
-	(*StatsRequest)(nil),           // 26: herald.tracker.v1.StatsRequest
-	(*StatsResponse)(nil),          // 27: herald.tracker.v1.StatsResponse
-	nil,                            // 28: herald.tracker.v1.VerifyResponse.CountsEntry
-	nil,                            // 29: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	nil,                            // 30: herald.tracker.v1.StatsResponse.CountsEntry
-	(*v1.Delivery)(nil),            // 31: herald.store.v1.Delivery
-	(*v1.Message)(nil),             // 32: herald.store.v1.Message
-	(*v1.Event)(nil),               // 33: herald.store.v1.Event
+	(*OpenReplyRequest)(nil),       // 1: herald.tracker.v1.OpenReplyRequest
+	(*ReplyResponse)(nil),          // 2: herald.tracker.v1.ReplyResponse
+	(*AppendChunkRequest)(nil),     // 3: herald.tracker.v1.AppendChunkRequest
+	(*CloseReplyRequest)(nil),      // 4: herald.tracker.v1.CloseReplyRequest
+	(*RecordEventRequest)(nil),     // 5: herald.tracker.v1.RecordEventRequest
+	(*RecordEventResponse)(nil),    // 6: herald.tracker.v1.RecordEventResponse
+	(*AbortRequest)(nil),           // 7: herald.tracker.v1.AbortRequest
+	(*AbortResponse)(nil),          // 8: herald.tracker.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil), // 9: herald.tracker.v1.ListDeadLettersRequest
+	(*RedriveRequest)(nil),         // 10: herald.tracker.v1.RedriveRequest
+	(*RedriveResponse)(nil),        // 11: herald.tracker.v1.RedriveResponse
+	(*BackupRequest)(nil),          // 12: herald.tracker.v1.BackupRequest
+	(*BackupResponse)(nil),         // 13: herald.tracker.v1.BackupResponse
+	(*VerifyRequest)(nil),          // 14: herald.tracker.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 15: herald.tracker.v1.VerifyResponse
+	(*AcceptRequest)(nil),          // 16: herald.tracker.v1.AcceptRequest
+	(*AcceptResponse)(nil),         // 17: herald.tracker.v1.AcceptResponse
+	(*LeaseRequest)(nil),           // 18: herald.tracker.v1.LeaseRequest
+	(*Lease)(nil),                  // 19: herald.tracker.v1.Lease
+	(*LeaseResponse)(nil),          // 20: herald.tracker.v1.LeaseResponse
+	(*Outcome)(nil),                // 21: herald.tracker.v1.Outcome
+	(*CompleteRequest)(nil),        // 22: herald.tracker.v1.CompleteRequest
+	(*OutcomeResult)(nil),          // 23: herald.tracker.v1.OutcomeResult
+	(*CompleteResponse)(nil),       // 24: herald.tracker.v1.CompleteResponse
+	(*GetMessageRequest)(nil),      // 25: herald.tracker.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 26: herald.tracker.v1.GetMessageResponse
+	(*HistoryRequest)(nil),         // 27: herald.tracker.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 28: herald.tracker.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),     // 29: herald.tracker.v1.WatchEventsRequest
+	(*StatsRequest)(nil),           // 30: herald.tracker.v1.StatsRequest
+	(*StatsResponse)(nil),          // 31: herald.tracker.v1.StatsResponse
+	nil,                            // 32: herald.tracker.v1.VerifyResponse.CountsEntry
+	nil,                            // 33: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	nil,                            // 34: herald.tracker.v1.StatsResponse.CountsEntry
+	(*v1.Reply)(nil),               // 35: herald.store.v1.Reply
+	(*v1.Message)(nil),             // 36: herald.store.v1.Message
+	(*v1.Delivery)(nil),            // 37: herald.store.v1.Delivery
+	(*v1.Event)(nil),               // 38: herald.store.v1.Event
 }
 var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
-	31, // 0: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
-	31, // 1: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
-	28, // 2: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
-	32, // 3: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
-	32, // 4: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
-	31, // 5: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
-	29, // 6: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	32, // 7: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
-	31, // 8: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
-	15, // 9: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
-	0,  // 10: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
-	17, // 11: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
-	19, // 12: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
-	32, // 13: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
-	31, // 14: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
-	33, // 15: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
-	15, // 16: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
-	30, // 17: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
-	12, // 18: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
-	14, // 19: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
-	18, // 20: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	21, // 21: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	23, // 22: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	25, // 23: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	26, // 24: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	3,  // 25: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
-	5,  // 26: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
-	6,  // 27: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
-	6,  // 28: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
-	8,  // 29: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
-	10, // 30: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
-	1,  // 31: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
-	13, // 32: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	16, // 33: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	20, // 34: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	22, // 35: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	24, // 36: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	33, // 37: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	27, // 38: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	4,  // 39: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
-	24, // 40: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
-	7,  // 41: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
-	7,  // 42: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
-	9,  // 43: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
-	11, // 44: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
-	2,  // 45: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	35, // 0: herald.tracker.v1.OpenReplyRequest.reply:type_name -> herald.store.v1.Reply
+	35, // 1: herald.tracker.v1.ReplyResponse.reply:type_name -> herald.store.v1.Reply
+	36, // 2: herald.tracker.v1.AppendChunkRequest.message:type_name -> herald.store.v1.Message
+	37, // 3: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
+	35, // 4: herald.tracker.v1.AbortResponse.reply:type_name -> herald.store.v1.Reply
+	37, // 5: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
+	32, // 6: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
+	36, // 7: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
+	36, // 8: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
+	37, // 9: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
+	33, // 10: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	36, // 11: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
+	37, // 12: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
+	19, // 13: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
+	0,  // 14: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
+	21, // 15: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
+	23, // 16: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
+	36, // 17: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
+	37, // 18: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
+	38, // 19: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
+	19, // 20: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
+	34, // 21: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
+	16, // 22: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
+	18, // 23: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
+	22, // 24: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
+	25, // 25: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	27, // 26: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	29, // 27: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	30, // 28: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	7,  // 29: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	9,  // 30: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	10, // 31: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	10, // 32: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	12, // 33: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	14, // 34: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	5,  // 35: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
+	1,  // 36: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
+	3,  // 37: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
+	4,  // 38: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
+	17, // 39: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	20, // 40: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	24, // 41: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	26, // 42: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	28, // 43: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	38, // 44: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	31, // 45: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	8,  // 46: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	28, // 47: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	11, // 48: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	11, // 49: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	13, // 50: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	15, // 51: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	6,  // 52: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
+	2,  // 53: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
+	17, // 54: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
+	2,  // 55: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
+	39, // [39:56] is the sub-list for method output_type
+	22, // [22:39] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_herald_tracker_v1_tracker_proto_init() }
@@ -1886,7 +2119,7 @@ func file_herald_tracker_v1_tracker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_tracker_v1_tracker_proto_rawDesc), len(file_herald_tracker_v1_tracker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,9 @@ const (
 	TrackerService_Backup_FullMethodName          = "/herald.tracker.v1.TrackerService/Backup"
 	TrackerService_Verify_FullMethodName          = "/herald.tracker.v1.TrackerService/Verify"
 	TrackerService_RecordEvent_FullMethodName     = "/herald.tracker.v1.TrackerService/RecordEvent"
+	TrackerService_OpenReply_FullMethodName       = "/herald.tracker.v1.TrackerService/OpenReply"
+	TrackerService_AppendChunk_FullMethodName     = "/herald.tracker.v1.TrackerService/AppendChunk"
+	TrackerService_CloseReply_FullMethodName      = "/herald.tracker.v1.TrackerService/CloseReply"
 )
 
 // TrackerServiceClient is the client API for TrackerService service.
@@ -98,6 +101,16 @@ type TrackerServiceClient interface {
 	// health) to the event log, durably. Not idempotent.
 	// Errors: INVALID_ARGUMENT (no type, or a message id given).
 	RecordEvent(ctx context.Context, in *RecordEventRequest, opts ...grpc.CallOption) (*RecordEventResponse, error)
+	// OpenReply records a streamed reply. Idempotent by id.
+	// Errors: INVALID_ARGUMENT.
+	OpenReply(ctx context.Context, in *OpenReplyRequest, opts ...grpc.CallOption) (*ReplyResponse, error)
+	// AppendChunk makes one chunk durable, as a message of the reply's
+	// conversation, before answering. Idempotent by (reply_id, index).
+	// Errors: NOT_FOUND (no reply), FAILED_PRECONDITION (reply closed or
+	// aborted, or index skips ahead).
+	AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
+	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
+	CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*ReplyResponse, error)
 }
 
 type trackerServiceClient struct {
@@ -257,6 +270,36 @@ func (c *trackerServiceClient) RecordEvent(ctx context.Context, in *RecordEventR
 	return out, nil
 }
 
+func (c *trackerServiceClient) OpenReply(ctx context.Context, in *OpenReplyRequest, opts ...grpc.CallOption) (*ReplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplyResponse)
+	err := c.cc.Invoke(ctx, TrackerService_OpenReply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AcceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcceptResponse)
+	err := c.cc.Invoke(ctx, TrackerService_AppendChunk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *trackerServiceClient) CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*ReplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplyResponse)
+	err := c.cc.Invoke(ctx, TrackerService_CloseReply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrackerServiceServer is the server API for TrackerService service.
 // All implementations must embed UnimplementedTrackerServiceServer
 // for forward compatibility.
@@ -316,6 +359,16 @@ type TrackerServiceServer interface {
 	// health) to the event log, durably. Not idempotent.
 	// Errors: INVALID_ARGUMENT (no type, or a message id given).
 	RecordEvent(context.Context, *RecordEventRequest) (*RecordEventResponse, error)
+	// OpenReply records a streamed reply. Idempotent by id.
+	// Errors: INVALID_ARGUMENT.
+	OpenReply(context.Context, *OpenReplyRequest) (*ReplyResponse, error)
+	// AppendChunk makes one chunk durable, as a message of the reply's
+	// conversation, before answering. Idempotent by (reply_id, index).
+	// Errors: NOT_FOUND (no reply), FAILED_PRECONDITION (reply closed or
+	// aborted, or index skips ahead).
+	AppendChunk(context.Context, *AppendChunkRequest) (*AcceptResponse, error)
+	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
+	CloseReply(context.Context, *CloseReplyRequest) (*ReplyResponse, error)
 	mustEmbedUnimplementedTrackerServiceServer()
 }
 
@@ -367,6 +420,15 @@ func (UnimplementedTrackerServiceServer) Verify(context.Context, *VerifyRequest)
 }
 func (UnimplementedTrackerServiceServer) RecordEvent(context.Context, *RecordEventRequest) (*RecordEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecordEvent not implemented")
+}
+func (UnimplementedTrackerServiceServer) OpenReply(context.Context, *OpenReplyRequest) (*ReplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenReply not implemented")
+}
+func (UnimplementedTrackerServiceServer) AppendChunk(context.Context, *AppendChunkRequest) (*AcceptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendChunk not implemented")
+}
+func (UnimplementedTrackerServiceServer) CloseReply(context.Context, *CloseReplyRequest) (*ReplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseReply not implemented")
 }
 func (UnimplementedTrackerServiceServer) mustEmbedUnimplementedTrackerServiceServer() {}
 func (UnimplementedTrackerServiceServer) testEmbeddedByValue()                        {}
@@ -634,6 +696,60 @@ func _TrackerService_RecordEvent_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrackerService_OpenReply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenReplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).OpenReply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_OpenReply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).OpenReply(ctx, req.(*OpenReplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_AppendChunk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendChunkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).AppendChunk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_AppendChunk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).AppendChunk(ctx, req.(*AppendChunkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TrackerService_CloseReply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseReplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).CloseReply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_CloseReply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).CloseReply(ctx, req.(*CloseReplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TrackerService_ServiceDesc is the grpc.ServiceDesc for TrackerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -692,6 +808,18 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecordEvent",
 			Handler:    _TrackerService_RecordEvent_Handler,
+		},
+		{
+			MethodName: "OpenReply",
+			Handler:    _TrackerService_OpenReply_Handler,
+		},
+		{
+			MethodName: "AppendChunk",
+			Handler:    _TrackerService_AppendChunk_Handler,
+		},
+		{
+			MethodName: "CloseReply",
+			Handler:    _TrackerService_CloseReply_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

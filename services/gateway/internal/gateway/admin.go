@@ -28,10 +28,16 @@ func (s *Service) Abort(ctx context.Context, req *gatewayv1.AbortRequest) (*gate
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opAbort, err)
 	}
-	return &gatewayv1.AbortResponse{
+	out := &gatewayv1.AbortResponse{
 		State:        gatewayv1.DeliveryState(resp.GetDelivery().GetState()),
 		AlreadyFinal: resp.GetAlreadyFinal(),
-	}, nil
+	}
+	if r := resp.GetReply(); r != nil {
+		out.ReplyState = gatewayv1.ReplyState(r.GetState())
+		out.ReplyChunks = r.GetChunks()
+		out.ReplyDelivered = r.GetDeliveredAtAbort()
+	}
+	return out, nil
 }
 
 // ListDeadLetters lists FAILED messages, oldest failure first: 100 when the

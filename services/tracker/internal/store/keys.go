@@ -51,6 +51,10 @@ const (
 	// prefixCount | state[1] → int64 little-endian, combined by the counter
 	// merge operator. Messages per state.
 	prefixCount byte = 0x0d
+	// prefixReply | id[26] → storev1.Reply. A streamed reply.
+	prefixReply byte = 0x0e
+	// prefixReplyChunk | reply id[26] | index[4] → chunk message id.
+	prefixReplyChunk byte = 0x0f
 )
 
 // Kinds of recovery-index entries.
@@ -191,6 +195,12 @@ func deadLetterKey(at int64, id string) []byte {
 }
 
 func countKey(state byte) []byte { return []byte{prefixCount, state} }
+
+func replyKey(id string) []byte { return idKey(prefixReply, id) }
+
+func replyChunkKey(id string, index uint32) []byte {
+	return binary.BigEndian.AppendUint32(idKey(prefixReplyChunk, id), index)
+}
 
 // prefixEnd returns the smallest key greater than every key with prefix p.
 func prefixEnd(p []byte) []byte {

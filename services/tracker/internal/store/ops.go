@@ -84,6 +84,12 @@ func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
 			return Accepted{}, fmt.Errorf("read idempotency key: %w", err)
 		}
 	}
+	return s.acceptLocked(m, nil)
+}
+
+// acceptLocked writes a new message under its conversation's (and key's)
+// stripe lock, which the caller holds. extra adds writes to the same batch.
+func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	if s.index.size() >= s.max {
 		return Accepted{}, fmt.Errorf("%w: %d messages are not yet delivered", ErrFull, s.max)
 	}
@@ -121,6 +127,9 @@ func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
 	t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(append(recipientPrefix(m.Tenant, m.Channel, m.Recipient), m.Id...), nil, nil)
+	if extra != nil {
+		extra(t)
+	}
 	t.event(EventAccepted, m, d, "", "")
 	t.commit()
 	return Accepted{Message: m, Delivery: d}, nil

@@ -295,7 +295,7 @@ func (s *Service) toStatus(op string, err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrFull):
 		return status.Errorf(codes.ResourceExhausted, "%v: nothing was written; retry later or raise --max-pending", err)
-	case errors.Is(err, store.ErrNotDeadLetter):
+	case errors.Is(err, store.ErrNotDeadLetter), errors.Is(err, store.ErrReplyNotOpen), errors.Is(err, store.ErrChunkGap):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrClosed):
 		return status.Error(codes.Unavailable, "tracker is shutting down; nothing was written")
@@ -310,6 +310,17 @@ func (s *Service) Abort(ctx context.Context, req *trackerv1.AbortRequest) (*trac
 		return nil, status.Error(codes.InvalidArgument, "id is required")
 	}
 	d, err := s.store.Abort(req.GetId(), req.GetReason())
+	if errors.Is(err, store.ErrNotFound) {
+		// Not a message: a streamed reply?
+		r, err := s.store.AbortReply(req.GetId(), req.GetReason())
+		if errors.Is(err, store.ErrTerminal) {
+			return &trackerv1.AbortResponse{Reply: r, AlreadyFinal: true}, nil
+		}
+		if err != nil {
+			return nil, s.toStatus("abort", err)
+		}
+		return &trackerv1.AbortResponse{Reply: r}, nil
+	}
 	if errors.Is(err, store.ErrTerminal) {
 		return &trackerv1.AbortResponse{Delivery: d, AlreadyFinal: true}, nil
 	}
@@ -398,4 +409,37 @@ func (s *Service) RecordEvent(ctx context.Context, req *trackerv1.RecordEventReq
 		return nil, s.toStatus("record event", err)
 	}
 	return &trackerv1.RecordEventResponse{Sequence: seq}, nil
+}
+
+// OpenReply implements trackerv1.TrackerServiceServer.
+func (s *Service) OpenReply(ctx context.Context, req *trackerv1.OpenReplyRequest) (*trackerv1.ReplyResponse, error) {
+	if req.GetReply() == nil {
+		return nil, status.Error(codes.InvalidArgument, "reply is required")
+	}
+	r, err := s.store.OpenReply(req.GetReply())
+	if err != nil {
+		return nil, s.toStatus("open reply", err)
+	}
+	return &trackerv1.ReplyResponse{Reply: r}, nil
+}
+
+// AppendChunk implements trackerv1.TrackerServiceServer.
+func (s *Service) AppendChunk(ctx context.Context, req *trackerv1.AppendChunkRequest) (*trackerv1.AcceptResponse, error) {
+	if req.GetMessage() == nil {
+		return nil, status.Error(codes.InvalidArgument, "message is required")
+	}
+	a, err := s.store.AppendChunk(req.GetReplyId(), req.GetIndex(), req.GetMessage())
+	if err != nil {
+		return nil, s.toStatus("append chunk", err)
+	}
+	return &trackerv1.AcceptResponse{Message: a.Message, Delivery: a.Delivery, Duplicate: a.Duplicate}, nil
+}
+
+// CloseReply implements trackerv1.TrackerServiceServer.
+func (s *Service) CloseReply(ctx context.Context, req *trackerv1.CloseReplyRequest) (*trackerv1.ReplyResponse, error) {
+	r, err := s.store.CloseReply(req.GetReplyId())
+	if err != nil {
+		return nil, s.toStatus("close reply", err)
+	}
+	return &trackerv1.ReplyResponse{Reply: r}, nil
 }
