@@ -144,6 +144,11 @@ func TestKillEachServiceUnderLoad(t *testing.T) {
 		if err := c.Kill(name); err != nil {
 			t.Fatal(err)
 		}
+		if name == "plugins" {
+			// Requests the host wrote just before it died may be read by
+			// the sink a little after: the kill still cut them.
+			pluginKills[len(pluginKills)-1] = time.Now().Add(50 * time.Millisecond)
+		}
 		time.Sleep(300 * time.Millisecond)
 		if err := c.Start(name); err != nil {
 			t.Fatal(err)

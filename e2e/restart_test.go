@@ -413,6 +413,8 @@ func runTracker(t *testing.T, bin string, timeout time.Duration, args ...string)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// No metrics endpoint: its default port may be taken by another herald.
+	args = append(args, "--metrics-listen", "")
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "herald-tracker"), args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -486,14 +488,25 @@ func TestCorruptStoreRefusesToStartAndBackupRestores(t *testing.T) {
 	if !strings.Contains(stderr, "restore") || !strings.Contains(stderr, "backup") {
 		t.Errorf("tracker's stderr does not say to restore from a backup")
 	}
+	// Every table survives, unchanged. Pebble's read-write open itself
+	// rotates MANIFEST and OPTIONS and drops WALs that were already flushed
+	// (their data is in the tables) before the tracker can check anything;
+	// those are logged, not failed.
 	after := dirFiles(t, c.DataDir)
+	var obsolete []string
 	for name, size := range files {
-		if got, ok := after[name]; !ok {
-			t.Errorf("%s was deleted from the damaged data directory", name)
-		} else if strings.HasSuffix(name, ".sst") && got != size {
-			t.Errorf("%s changed size from %d to %d", name, size, got)
+		got, ok := after[name]
+		switch {
+		case strings.HasSuffix(name, ".sst") && !ok:
+			t.Errorf("table %s was deleted from the damaged data directory", name)
+		case strings.HasSuffix(name, ".sst") && got != size:
+			t.Errorf("table %s changed size from %d to %d", name, size, got)
+		case !ok:
+			obsolete = append(obsolete, name)
 		}
 	}
+	sort.Strings(obsolete)
+	t.Logf("files Pebble's open removed as obsolete (no table among them): %v", obsolete)
 	if damaged, _ := os.ReadFile(path); !bytes.Equal(damaged, b) {
 		t.Errorf("the damaged file %s was rewritten", victim)
 	}

@@ -7,6 +7,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,8 @@ type Cluster struct {
 	Bin     string
 	DataDir string
 	Addr    map[string]string
+	// MetricsAddr is each service's Prometheus endpoint (host:port).
+	MetricsAddr map[string]string
 	// Args adds flags per service.
 	Args map[string][]string
 	// Env adds environment variables to every service.
@@ -72,13 +75,18 @@ type Cluster struct {
 // New allocates ports for a cluster; nothing runs until Start.
 func New(bin, dataDir string, log io.Writer) (*Cluster, error) {
 	c := &Cluster{Bin: bin, DataDir: dataDir, Addr: map[string]string{}, Args: map[string][]string{},
-		Log: log, procs: map[string]*exec.Cmd{}, exits: map[string]chan error{}}
+		Log: log, procs: map[string]*exec.Cmd{}, exits: map[string]chan error{}, MetricsAddr: map[string]string{}}
 	for _, s := range Services {
 		a, err := FreeAddr()
 		if err != nil {
 			return nil, err
 		}
 		c.Addr[s] = a
+		m, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		c.MetricsAddr[s] = m
 	}
 	return c, nil
 }
@@ -105,7 +113,9 @@ func (c *Cluster) StartAll() error {
 
 // Start starts one service and waits until it accepts connections.
 func (c *Cluster) Start(name string) error {
-	args := []string{"--listen", c.Addr[name]}
+	// Any free port for metrics: the fixed defaults would collide between
+	// clusters. Args may override it.
+	args := []string{"--listen", c.Addr[name], "--metrics-listen", "127.0.0.1:0"}
 	switch name {
 	case "tracker":
 		args = append(args, "--data-dir", c.DataDir)
@@ -307,3 +317,185 @@ func (s *Sink) Total() int {
 
 // Close stops the sink.
 func (s *Sink) Close() { s.srv.Shutdown(context.Background()) }
+
+// Arrival is one request a HoldSink received.
+type Arrival struct {
+	// ID is the webhook-id header: the message id.
+	ID string
+	// Path is the request URI (path and query), which tells recipients apart.
+	Path string
+	// Text is the "text" field of the JSON body, if any.
+	Text string
+	// FirstByte is when the first byte of the request was read from its
+	// connection; Entered is when the handler started.
+	FirstByte, Entered time.Time
+	// Held is true when a Hold kept the request open.
+	Held bool
+	// Answered is true once the sink wrote 200; false while held, or when
+	// the client went away before the answer.
+	Answered bool
+}
+
+// Hold keeps one matching request open until Release, its maximum hold
+// time, or the client going away, whichever comes first.
+type Hold struct {
+	match   func(path, text string) bool
+	max     time.Duration
+	taken   bool
+	arrived chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+// Arrived is closed when the held request has arrived.
+func (h *Hold) Arrived() <-chan struct{} { return h.arrived }
+
+// Release lets the held request be answered (200). Safe to call repeatedly.
+func (h *Hold) Release() { h.once.Do(func() { close(h.release) }) }
+
+// HoldSink is a webhook receiver for abort tests: it records each request
+// with the time its first byte was read, and can hold chosen requests open
+// (answering 200 once released).
+type HoldSink struct {
+	// URL is the base URL (no path): add a per-recipient path.
+	URL string
+
+	mu       sync.Mutex
+	arrivals []Arrival
+	holds    []*Hold
+	srv      *http.Server
+}
+
+type firstByteKey struct{}
+
+// firstByteConn records when the first byte of each request arrives: a
+// read after the previous request was answered starts the next one (HTTP/1.1
+// clients send the next request only after reading the answer).
+type firstByteConn struct {
+	net.Conn
+	mu    sync.Mutex
+	idle  bool
+	first time.Time
+}
+
+func (c *firstByteConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		now := time.Now()
+		c.mu.Lock()
+		if c.idle {
+			c.first, c.idle = now, false
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// take returns the current request's first-byte time and marks the
+// connection idle: the next read with data starts the next request.
+func (c *firstByteConn) take() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.idle = true
+	return c.first
+}
+
+type firstByteListener struct{ net.Listener }
+
+func (l firstByteListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &firstByteConn{Conn: c, idle: true}, nil
+}
+
+// NewHoldSink starts a HoldSink on a free loopback port.
+func NewHoldSink() (*HoldSink, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &HoldSink{URL: "http://" + l.Addr().String()}
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serve),
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, firstByteKey{}, c)
+		},
+	}
+	go s.srv.Serve(firstByteListener{l})
+	return s, nil
+}
+
+// HoldNext holds the next request whose path and body text match, for at
+// most max.
+func (s *HoldSink) HoldNext(match func(path, text string) bool, max time.Duration) *Hold {
+	h := &Hold{match: match, max: max, arrived: make(chan struct{}), release: make(chan struct{})}
+	s.mu.Lock()
+	s.holds = append(s.holds, h)
+	s.mu.Unlock()
+	return h
+}
+
+func (s *HoldSink) serve(w http.ResponseWriter, r *http.Request) {
+	entered := time.Now()
+	body, _ := io.ReadAll(r.Body)
+	var p struct {
+		Text string `json:"text"`
+	}
+	json.Unmarshal(body, &p)
+	first := entered
+	if c, ok := r.Context().Value(firstByteKey{}).(*firstByteConn); ok {
+		if f := c.take(); !f.IsZero() {
+			first = f
+		}
+	}
+	a := Arrival{ID: r.Header.Get("webhook-id"), Path: r.URL.RequestURI(), Text: p.Text, FirstByte: first, Entered: entered}
+	s.mu.Lock()
+	var hold *Hold
+	for _, h := range s.holds {
+		if !h.taken && h.match(a.Path, a.Text) {
+			h.taken, hold = true, h
+			break
+		}
+	}
+	a.Held = hold != nil
+	i := len(s.arrivals)
+	s.arrivals = append(s.arrivals, a)
+	s.mu.Unlock()
+	if hold != nil {
+		close(hold.arrived)
+		t := time.NewTimer(hold.max)
+		defer t.Stop()
+		select {
+		case <-hold.release:
+		case <-t.C:
+		case <-r.Context().Done():
+			return // the client went away: no answer
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	s.mu.Lock()
+	s.arrivals[i].Answered = true
+	s.mu.Unlock()
+}
+
+// Arrivals returns a copy of every request received, in arrival order.
+func (s *HoldSink) Arrivals() []Arrival {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Arrival(nil), s.arrivals...)
+}
+
+// Close stops the sink, releasing held requests.
+func (s *HoldSink) Close() {
+	s.mu.Lock()
+	for _, h := range s.holds {
+		h.Release()
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.srv.Shutdown(ctx)
+}

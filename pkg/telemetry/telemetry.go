@@ -1,11 +1,13 @@
-// Package telemetry sets up herald's tracing and structured logging: the
-// global W3C trace-context propagator, a tracer provider that exports OTLP
-// when the standard OTEL_* variables ask for it, and a JSON slog logger that
-// stamps each record with the trace and span ids of its context.
+// Package telemetry sets up herald's tracing, structured logging and metrics
+// endpoint: the global W3C trace-context propagator, a tracer provider that
+// exports OTLP when the standard OTEL_* variables ask for it, a JSON slog
+// logger that stamps each record with the trace and span ids of its context,
+// and an HTTP server for a Prometheus registry.
 //
-// It does not set up metrics, and it never fails a service because no trace
-// backend is configured: without an endpoint, spans still get ids (so logs
-// can be joined to traces) but are not exported.
+// It defines no business metrics: each service registers its own on the
+// registry it is given. It never fails a service because no trace backend is
+// configured: without an endpoint, spans still get ids (so logs can be joined
+// to traces) but are not exported.
 package telemetry
 
 import (

@@ -42,6 +42,7 @@ type config struct {
 	tracker     string
 	queue       string
 	plugins     string
+	metrics     string // "" disables the metrics endpoint
 	logLevel    slog.Level
 	drainDelay  time.Duration
 	gracePeriod time.Duration
@@ -62,6 +63,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	tracker := fs.String("tracker", env("HERALD_TRACKER_ADDR", "127.0.0.1:7301"), "tracker address (env HERALD_TRACKER_ADDR)")
 	queue := fs.String("queue", env("HERALD_QUEUE_ADDR", "127.0.0.1:7302"), "queue address, for status (env HERALD_QUEUE_ADDR)")
 	plugins := fs.String("plugins", env("HERALD_PLUGINS_ADDR", "127.0.0.1:7303"), "plugins address, for status (env HERALD_PLUGINS_ADDR)")
+	metrics := fs.String("metrics-listen", env("HERALD_GATEWAY_METRICS_LISTEN", "127.0.0.1:9300"),
+		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_GATEWAY_METRICS_LISTEN)")
 	logLevel := fs.String("log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
 	drainDelay := fs.String("drain-delay", env("HERALD_GATEWAY_DRAIN_DELAY", "0s"),
 		"on shutdown, how long to report NOT_SERVING and refuse new calls before stopping (env HERALD_GATEWAY_DRAIN_DELAY)")
@@ -74,12 +77,17 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 		return config{}, fmt.Errorf("unexpected argument %q: the gateway takes only flags (see -h)", fs.Arg(0))
 	}
 
-	cfg := config{listen: *listen, tracker: *tracker, queue: *queue, plugins: *plugins}
+	cfg := config{listen: *listen, tracker: *tracker, queue: *queue, plugins: *plugins, metrics: *metrics}
 	for _, a := range []struct{ flag, value string }{
 		{"listen", cfg.listen}, {"tracker", cfg.tracker}, {"queue", cfg.queue}, {"plugins", cfg.plugins},
 	} {
 		if err := checkHostPort(a.value); err != nil {
 			return config{}, fmt.Errorf("--%s %q: %v; give host:port, such as 127.0.0.1:7300", a.flag, a.value, err)
+		}
+	}
+	if cfg.metrics != "" {
+		if err := checkHostPort(cfg.metrics); err != nil {
+			return config{}, fmt.Errorf("--metrics-listen %q: %v; give host:port, such as 127.0.0.1:9300, or \"\" to serve no metrics", cfg.metrics, err)
 		}
 	}
 	if err := cfg.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -147,6 +155,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer pluginsConn.Close()
 
+	reg := telemetry.NewRegistry()
+	metrics, err := gateway.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	metricsSrv, err := telemetry.ServeMetrics(cfg.metrics, reg, logger)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			logger.Warn("metrics endpoint shutdown", "error", err)
+		}
+	}()
+
 	srv, err := grpcserver.New(grpcserver.Config{
 		Name:        "gateway",
 		Addr:        cfg.listen,
@@ -165,6 +190,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		},
 		Address: srv.Addr(),
 		Logger:  logger,
+		Metrics: metrics,
 	})
 	if err != nil {
 		srv.GRPC().Stop()
@@ -197,7 +223,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}()
 
 	fmt.Fprintf(stdout, "gateway listening on %s\n", srv.Addr())
-	logger.Info("gateway listening", "addr", srv.Addr(), "tracker", cfg.tracker, "queue", cfg.queue, "plugins", cfg.plugins)
+	if metricsSrv != nil {
+		fmt.Fprintf(stdout, "gateway metrics on http://%s/metrics\n", metricsSrv.Addr())
+	}
+	logger.Info("gateway listening", "addr", srv.Addr(), "metrics", metricsSrv.Addr(), "tracker", cfg.tracker, "queue", cfg.queue, "plugins", cfg.plugins)
 	err = srv.Serve(serveCtx)
 	stopServing()
 	<-drained

@@ -18,11 +18,14 @@ func TestParseFlags(t *testing.T) {
 		want    config
 		wantErr string
 	}{
-		{name: "defaults", want: config{listen: "127.0.0.1:7300", tracker: "127.0.0.1:7301", queue: "127.0.0.1:7302", plugins: "127.0.0.1:7303", gracePeriod: 10 * time.Second}},
+		{name: "defaults", want: config{listen: "127.0.0.1:7300", tracker: "127.0.0.1:7301", queue: "127.0.0.1:7302", plugins: "127.0.0.1:7303", metrics: "127.0.0.1:9300", gracePeriod: 10 * time.Second}},
 		{name: "environment fills flags not given",
 			args: []string{"--queue", "q:1"},
-			env:  map[string]string{"HERALD_TRACKER_ADDR": "t:1", "HERALD_QUEUE_ADDR": "ignored:2", "HERALD_LOG_LEVEL": "debug"},
-			want: config{listen: "127.0.0.1:7300", tracker: "t:1", queue: "q:1", plugins: "127.0.0.1:7303", logLevel: -4, gracePeriod: 10 * time.Second}},
+			env:  map[string]string{"HERALD_TRACKER_ADDR": "t:1", "HERALD_QUEUE_ADDR": "ignored:2", "HERALD_LOG_LEVEL": "debug", "HERALD_GATEWAY_METRICS_LISTEN": "0.0.0.0:9400"},
+			want: config{listen: "127.0.0.1:7300", tracker: "t:1", queue: "q:1", plugins: "127.0.0.1:7303", metrics: "0.0.0.0:9400", logLevel: -4, gracePeriod: 10 * time.Second}},
+		{name: "empty metrics address disables metrics", args: []string{"--metrics-listen", ""},
+			want: config{listen: "127.0.0.1:7300", tracker: "127.0.0.1:7301", queue: "127.0.0.1:7302", plugins: "127.0.0.1:7303", gracePeriod: 10 * time.Second}},
+		{name: "bad metrics address", args: []string{"--metrics-listen", "9300"}, wantErr: "--metrics-listen"},
 		{name: "bad address", args: []string{"--tracker", "localhost"}, wantErr: "--tracker"},
 		{name: "bad port", args: []string{"--listen", "127.0.0.1:http"}, wantErr: "--listen"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
@@ -72,7 +75,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	var stdout syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--grace-period", "2s"}, func(string) string { return "" }, &stdout, io.Discard)
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--grace-period", "2s"}, func(string) string { return "" }, &stdout, io.Discard)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(stdout.String(), "gateway listening on 127.0.0.1:") {

@@ -40,6 +40,7 @@ func main() {
 
 type config struct {
 	listen     string
+	metrics    string            // "" disables the metrics endpoint
 	channels   map[string]string // channel name -> adapter name
 	mockRecord string
 	logLevel   slog.Level
@@ -66,6 +67,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 		"gRPC listen address (env HERALD_PLUGINS_LISTEN)")
 	channels := fs.String("channels", env("HERALD_PLUGINS_CHANNELS", "webhook=webhook,mock=mock,telegram=telegram,slack=slack"),
 		"channel table name=adapter,...; adapters: "+strings.Join(adapterNames(), ", ")+" (env HERALD_PLUGINS_CHANNELS)")
+	metrics := fs.String("metrics-listen", env("HERALD_PLUGINS_METRICS_LISTEN", "127.0.0.1:9303"),
+		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_PLUGINS_METRICS_LISTEN)")
 	mockRecord := fs.String("mock-record", env("HERALD_MOCK_RECORD", ""),
 		"append each mock delivery as a JSON line to this file (env HERALD_MOCK_RECORD)")
 	logLevel := fs.String("log-level", env("HERALD_LOG_LEVEL", "info"),
@@ -105,7 +108,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	}
 
 	cfg := config{
-		listen: *listen, mockRecord: *mockRecord, tracker: *tracker,
+		listen: *listen, metrics: *metrics, mockRecord: *mockRecord, tracker: *tracker,
 		telegramToken: *telegramToken, telegramBaseURL: *telegramBaseURL,
 		slackToken: *slackToken, slackBaseURL: *slackBaseURL,
 	}
@@ -254,7 +257,13 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	// ends after the server has stopped and every handler has reported.
 	lifetime, endLifetime := context.WithCancel(context.Background())
 	defer endLifetime()
+	reg := telemetry.NewRegistry()
+	metrics, err := pluginhost.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	host, err := pluginhost.New(channels, pluginhost.Options{
+		Metrics:  metrics,
 		Logger:   logger,
 		Reporter: pluginhost.TrackerReporter{Client: trackerv1.NewTrackerServiceClient(tconn), Timeout: time.Minute},
 		Lifetime: lifetime,
@@ -262,6 +271,18 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return fmt.Errorf("build plugin host: %w", err)
 	}
+
+	metricsSrv, err := telemetry.ServeMetrics(cfg.metrics, reg, logger)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			logger.Warn("metrics endpoint shutdown", slog.Any("error", err))
+		}
+	}()
 
 	srv, err := grpcserver.New(grpcserver.Config{
 		Name:        "plugins",
@@ -276,6 +297,17 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 	logger.Info("plugins listening", slog.String("addr", srv.Addr()), slog.Any("channels", cfg.channels))
 	fmt.Fprintf(os.Stdout, "plugins listening on %s\n", srv.Addr())
+	if metricsSrv != nil {
+		fmt.Fprintf(os.Stdout, "plugins metrics on http://%s/metrics\n", metricsSrv.Addr())
+	}
+	go func() {
+		<-ctx.Done()
+		host.Drain()
+		// Calls still running a grace period after the signal are cut, and
+		// so is the reporting of unacknowledged answers: those leases expire
+		// into the unknown-outcome policy.
+		time.AfterFunc(cfg.grace, endLifetime)
+	}()
 	if err := srv.Serve(ctx); err != nil {
 		return err
 	}

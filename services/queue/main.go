@@ -47,11 +47,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		tracker  string
 		plugins  string
 		logLevel string
+		metrics  string
 	)
 	fs := flag.NewFlagSet("herald-queue", flag.ContinueOnError)
 	fs.StringVar(&listen, "listen", env("HERALD_QUEUE_LISTEN", "127.0.0.1:7302"), "gRPC listen address (env HERALD_QUEUE_LISTEN)")
 	fs.StringVar(&tracker, "tracker", env("HERALD_TRACKER_ADDR", "127.0.0.1:7301"), "tracker address (env HERALD_TRACKER_ADDR)")
 	fs.StringVar(&plugins, "plugins", env("HERALD_PLUGINS_ADDR", "127.0.0.1:7303"), "plugin host address (env HERALD_PLUGINS_ADDR)")
+	fs.StringVar(&metrics, "metrics-listen", env("HERALD_QUEUE_METRICS_LISTEN", "127.0.0.1:9302"),
+		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_QUEUE_METRICS_LISTEN)")
 	fs.StringVar(&logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
 	fs.StringVar(&cfg.Worker, "worker", env("HERALD_QUEUE_WORKER", "queue-"+hostname()), "this queue's name in events (env HERALD_QUEUE_WORKER)")
 	fs.IntVar(&cfg.LeaseBatch, "lease-batch", 256, "most messages leased per call")
@@ -99,6 +102,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	defer pconn.Close()
 
+	reg := telemetry.NewRegistry()
+	if cfg.Metrics, err = queue.NewMetrics(reg); err != nil {
+		return err
+	}
+	metricsSrv, err := telemetry.ServeMetrics(metrics, reg, log)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			log.Warn("metrics endpoint shutdown", "err", err)
+		}
+	}()
+
 	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tconn), pluginsv1.NewPluginHostServiceClient(pconn), log, clock.Monotonic())
 	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: listen, Logger: log})
 	if err != nil {
@@ -106,6 +125,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	queuev1.RegisterQueueServiceServer(srv.GRPC(), q)
 	fmt.Fprintf(stdout, "queue listening on %s (tracker %s, plugins %s)\n", srv.Addr(), tracker, plugins)
+	if metricsSrv != nil {
+		fmt.Fprintf(stdout, "queue metrics on http://%s/metrics\n", metricsSrv.Addr())
+	}
 
 	serveErr := make(chan error, 1)
 	srvCtx, stopSrv := context.WithCancel(context.Background())

@@ -45,6 +45,7 @@ type config struct {
 	grace         time.Duration
 	sweep         time.Duration
 	backupDir     string
+	metrics       string // "" disables the metrics endpoint
 }
 
 func parse(name string, args []string, getenv func(string) string) (config, *flag.FlagSet, error) {
@@ -61,6 +62,8 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	fs.IntVar(&c.maxPending, "max-pending", 1_000_000, "most non-terminal messages; Send fails with RESOURCE_EXHAUSTED beyond it")
 	fs.StringVar(&c.unknownPolicy, "unknown-policy", env("HERALD_UNKNOWN_POLICY", "webhook=redeliver,mock=redeliver,*=fail"),
 		"what to do per channel when a delivery's outcome is unknown: channel=redeliver|fail|reconcile, comma-separated; * is the default (env HERALD_UNKNOWN_POLICY)")
+	fs.StringVar(&c.metrics, "metrics-listen", env("HERALD_TRACKER_METRICS_LISTEN", "127.0.0.1:9301"),
+		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_TRACKER_METRICS_LISTEN)")
 	fs.StringVar(&c.logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
 	fs.StringVar(&c.backupDir, "backup-dir", env("HERALD_BACKUP_DIR", ""), "folder for online backups (herald backup); default <data-dir>/../backups (env HERALD_BACKUP_DIR)")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
@@ -109,7 +112,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// Due times and lease expiries must not move when the system clock is
 	// stepped: a forward step would expire every lease at once.
 	now := clock.Monotonic()
-	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now})
+	reg := telemetry.NewRegistry()
+	metrics, err := tracker.NewMetrics(reg, now)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now, OnCommit: metrics.ObserveCommit})
 	if err != nil {
 		return err
 	}
@@ -123,10 +131,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		for _, p := range report.Problems {
 			log.Error("store inconsistency", "error_code", "TRK_005", "problem", p)
 		}
+		if damaged := st.DamagedFiles(); len(damaged) > 0 {
+			return fmt.Errorf("the store in %s is damaged: %s failed checksum verification while it was checked at start (%d problems, see the log); the tracker refuses to serve it: stop it and restore the data directory from a backup (herald backup writes them into %s)",
+				c.dataDir, strings.Join(damaged, ", "), len(report.Problems), c.backupDir)
+		}
 		return fmt.Errorf("the store in %s failed its consistency check (%d problems, see the log); nothing was changed: run 'herald-tracker verify --data-dir %s' and restore from a backup if needed",
 			c.dataDir, len(report.Problems), c.dataDir)
 	}
 	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries)
+
+	// Started after the store opened, so it stops before the store closes.
+	metrics.Watch(st)
+	metricsSrv, err := telemetry.ServeMetrics(c.metrics, reg, log)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			log.Warn("metrics endpoint shutdown", "err", err)
+		}
+	}()
 
 	srv, err := grpcserver.New(grpcserver.Config{Name: trackerv1.TrackerService_ServiceDesc.ServiceName, Addr: c.listen, Logger: log, GracePeriod: c.grace})
 	if err != nil {
@@ -135,6 +161,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	svc := tracker.New(st, log, now, c.backupDir)
 	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
 
+	go func() { <-ctx.Done(); svc.Stop() }()
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -144,7 +171,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer func() { stopSweep(); <-done }()
 
 	fmt.Fprintf(stdout, "tracker listening on %s (data %s)\n", srv.Addr(), c.dataDir)
-	log.Info("serving", "addr", srv.Addr())
+	if metricsSrv != nil {
+		fmt.Fprintf(stdout, "tracker metrics on http://%s/metrics\n", metricsSrv.Addr())
+	}
+	log.Info("serving", "addr", srv.Addr(), "metrics", metricsSrv.Addr())
 	if err := srv.Serve(ctx); err != nil {
 		return err
 	}
@@ -173,6 +203,9 @@ func verify(args []string, getenv func(string) string, stdout io.Writer) error {
 	defer st.Close()
 	r := st.Verify(*full)
 	printReport(stdout, r)
+	if damaged := st.DamagedFiles(); len(damaged) > 0 {
+		return fmt.Errorf("%d problems found; damaged files: %s: restore the data directory from a backup", len(r.Problems), strings.Join(damaged, ", "))
+	}
 	if len(r.Problems) > 0 {
 		return fmt.Errorf("%d problems found", len(r.Problems))
 	}

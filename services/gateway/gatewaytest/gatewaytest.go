@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
@@ -19,6 +21,17 @@ import (
 // returns its address.
 func Start(t testing.TB, trackerAddr string) string {
 	t.Helper()
+	return StartWithMetrics(t, trackerAddr, nil)
+}
+
+// StartWithMetrics is Start with the gateway's metrics registered on reg
+// (nil registers them nowhere).
+func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registerer) string {
+	t.Helper()
+	metrics, err := gateway.NewMetrics(reg)
+	if err != nil {
+		t.Fatalf("gatewaytest: %v", err)
+	}
 	log := slog.New(slog.DiscardHandler)
 	tc, err := grpcclient.Dial(trackerAddr)
 	if err != nil {
@@ -28,7 +41,7 @@ func Start(t testing.TB, trackerAddr string) string {
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
 	}
-	svc, err := gateway.New(gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log})
+	svc, err := gateway.New(gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log, Metrics: metrics})
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
@@ -44,6 +46,17 @@ func (h *Host) Deliveries() []Delivery {
 // ends; unacknowledged answers are reported to the tracker at trackerAddr.
 func Start(t testing.TB, trackerAddr string) *Host {
 	t.Helper()
+	return StartWithMetrics(t, trackerAddr, nil)
+}
+
+// StartWithMetrics is Start with the plugin host's metrics registered on reg
+// (nil registers them nowhere).
+func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registerer) *Host {
+	t.Helper()
+	metrics, err := pluginhost.NewMetrics(reg)
+	if err != nil {
+		t.Fatalf("pluginstest: %v", err)
+	}
 	log := slog.New(slog.DiscardHandler)
 	conn, err := grpcclient.Dial(trackerAddr)
 	if err != nil {
@@ -56,6 +69,7 @@ func Start(t testing.TB, trackerAddr string) *Host {
 		Logger:   log,
 		Reporter: pluginhost.TrackerReporter{Client: trackerv1.NewTrackerServiceClient(conn), Timeout: 5 * time.Second},
 		Lifetime: lifetime,
+		Metrics:  metrics,
 	})
 	if err != nil {
 		t.Fatalf("pluginstest: %v", err)
@@ -69,6 +83,7 @@ func Start(t testing.TB, trackerAddr string) *Host {
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx); close(done) }()
 	t.Cleanup(func() {
+		host.Drain()
 		cancel()
 		<-done
 		endLifetime()

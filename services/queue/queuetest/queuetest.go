@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
@@ -20,6 +22,17 @@ import (
 // ends, with short retry delays, and returns its address.
 func Start(t testing.TB, trackerAddr, pluginsAddr string) string {
 	t.Helper()
+	return StartWithMetrics(t, trackerAddr, pluginsAddr, nil)
+}
+
+// StartWithMetrics is Start with the queue's metrics registered on reg (nil
+// registers them nowhere).
+func StartWithMetrics(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer) string {
+	t.Helper()
+	metrics, err := queue.NewMetrics(reg)
+	if err != nil {
+		t.Fatalf("queuetest: %v", err)
+	}
 	log := slog.New(slog.DiscardHandler)
 	tc, err := grpcclient.Dial(trackerAddr)
 	if err != nil {
@@ -35,6 +48,7 @@ func Start(t testing.TB, trackerAddr, pluginsAddr string) string {
 		DrainTimeout:   2 * time.Second,
 		DefaultRetry:   queue.RetryPolicy{Initial: 20 * time.Millisecond, Multiplier: 2, Max: 200 * time.Millisecond, MaxAttempts: 5},
 		BreakerTimeout: time.Second,
+		Metrics:        metrics,
 	}
 	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tc), pluginsv1.NewPluginHostServiceClient(pc), log, time.Now)
 	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
@@ -21,6 +22,17 @@ import (
 // redeliver lists channels whose unknown outcomes are re-sent; others fail.
 func Start(t testing.TB, redeliver ...string) string {
 	t.Helper()
+	return StartWithMetrics(t, nil, redeliver...)
+}
+
+// StartWithMetrics is Start with the tracker's metrics registered on reg
+// (nil registers them nowhere).
+func StartWithMetrics(t testing.TB, reg prometheus.Registerer, redeliver ...string) string {
+	t.Helper()
+	metrics, err := tracker.NewMetrics(reg, time.Now)
+	if err != nil {
+		t.Fatalf("trackertest: %v", err)
+	}
 	policy := func(ch string) store.UnknownPolicy {
 		for _, r := range redeliver {
 			if r == ch {
@@ -29,10 +41,11 @@ func Start(t testing.TB, redeliver ...string) string {
 		}
 		return store.PolicyFail
 	}
-	st, err := store.Open("tracker", store.Options{FS: vfs.NewMem(), UnknownPolicy: policy, CacheSize: 8 << 20})
+	st, err := store.Open("tracker", store.Options{FS: vfs.NewMem(), UnknownPolicy: policy, CacheSize: 8 << 20, OnCommit: metrics.ObserveCommit})
 	if err != nil {
 		t.Fatalf("trackertest: open store: %v", err)
 	}
+	metrics.Watch(st)
 	log := slog.New(slog.DiscardHandler)
 	srv, err := grpcserver.New(grpcserver.Config{Name: trackerv1.TrackerService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})
 	if err != nil {

@@ -142,6 +142,218 @@ func (DeliveryState) EnumDescriptor() ([]byte, []int) {
 	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
+type RecoveryStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	List          bool                   `protobuf:"varint,1,opt,name=list,proto3" json:"list,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryStatusRequest) Reset() {
+	*x = RecoveryStatusRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryStatusRequest) ProtoMessage() {}
+
+func (x *RecoveryStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryStatusRequest.ProtoReflect.Descriptor instead.
+func (*RecoveryStatusRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecoveryStatusRequest) GetList() bool {
+	if x != nil {
+		return x.List
+	}
+	return false
+}
+
+func (x *RecoveryStatusRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type RecoveryItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Channel       string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	Action        string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryItem) Reset() {
+	*x = RecoveryItem{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryItem) ProtoMessage() {}
+
+func (x *RecoveryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryItem.ProtoReflect.Descriptor instead.
+func (*RecoveryItem) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecoveryItem) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *RecoveryItem) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+type RecoveryStatusResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Due             int64                  `protobuf:"varint,1,opt,name=due,proto3" json:"due,omitempty"`
+	InFlight        int64                  `protobuf:"varint,2,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Blocked         int64                  `protobuf:"varint,3,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	Unknown         map[string]int64       `protobuf:"bytes,4,rep,name=unknown,proto3" json:"unknown,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	AbortedExcluded int64                  `protobuf:"varint,5,opt,name=aborted_excluded,json=abortedExcluded,proto3" json:"aborted_excluded,omitempty"`
+	Items           []*RecoveryItem        `protobuf:"bytes,6,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RecoveryStatusResponse) Reset() {
+	*x = RecoveryStatusResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryStatusResponse) ProtoMessage() {}
+
+func (x *RecoveryStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryStatusResponse.ProtoReflect.Descriptor instead.
+func (*RecoveryStatusResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RecoveryStatusResponse) GetDue() int64 {
+	if x != nil {
+		return x.Due
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetBlocked() int64 {
+	if x != nil {
+		return x.Blocked
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetUnknown() map[string]int64 {
+	if x != nil {
+		return x.Unknown
+	}
+	return nil
+}
+
+func (x *RecoveryStatusResponse) GetAbortedExcluded() int64 {
+	if x != nil {
+		return x.AbortedExcluded
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetItems() []*RecoveryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 type OpenReplyRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Tenant    string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -159,7 +371,7 @@ type OpenReplyRequest struct {
 
 func (x *OpenReplyRequest) Reset() {
 	*x = OpenReplyRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -171,7 +383,7 @@ func (x *OpenReplyRequest) String() string {
 func (*OpenReplyRequest) ProtoMessage() {}
 
 func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -184,7 +396,7 @@ func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplyRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OpenReplyRequest) GetTenant() string {
@@ -239,7 +451,7 @@ type OpenReplyResponse struct {
 
 func (x *OpenReplyResponse) Reset() {
 	*x = OpenReplyResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +463,7 @@ func (x *OpenReplyResponse) String() string {
 func (*OpenReplyResponse) ProtoMessage() {}
 
 func (x *OpenReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +476,7 @@ func (x *OpenReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplyResponse.ProtoReflect.Descriptor instead.
 func (*OpenReplyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OpenReplyResponse) GetReplyId() string {
@@ -292,7 +504,7 @@ type AppendChunkRequest struct {
 
 func (x *AppendChunkRequest) Reset() {
 	*x = AppendChunkRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +516,7 @@ func (x *AppendChunkRequest) String() string {
 func (*AppendChunkRequest) ProtoMessage() {}
 
 func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +529,7 @@ func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendChunkRequest.ProtoReflect.Descriptor instead.
 func (*AppendChunkRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppendChunkRequest) GetReplyId() string {
@@ -353,7 +565,7 @@ type AppendChunkResponse struct {
 
 func (x *AppendChunkResponse) Reset() {
 	*x = AppendChunkResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +577,7 @@ func (x *AppendChunkResponse) String() string {
 func (*AppendChunkResponse) ProtoMessage() {}
 
 func (x *AppendChunkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +590,7 @@ func (x *AppendChunkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendChunkResponse.ProtoReflect.Descriptor instead.
 func (*AppendChunkResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppendChunkResponse) GetId() string {
@@ -411,7 +623,7 @@ type CloseReplyRequest struct {
 
 func (x *CloseReplyRequest) Reset() {
 	*x = CloseReplyRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +635,7 @@ func (x *CloseReplyRequest) String() string {
 func (*CloseReplyRequest) ProtoMessage() {}
 
 func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +648,7 @@ func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseReplyRequest.ProtoReflect.Descriptor instead.
 func (*CloseReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CloseReplyRequest) GetReplyId() string {
@@ -456,7 +668,7 @@ type CloseReplyResponse struct {
 
 func (x *CloseReplyResponse) Reset() {
 	*x = CloseReplyResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +680,7 @@ func (x *CloseReplyResponse) String() string {
 func (*CloseReplyResponse) ProtoMessage() {}
 
 func (x *CloseReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +693,7 @@ func (x *CloseReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseReplyResponse.ProtoReflect.Descriptor instead.
 func (*CloseReplyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CloseReplyResponse) GetState() ReplyState {
@@ -508,7 +720,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +732,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +745,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -566,7 +778,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +790,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +803,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AbortResponse) GetState() DeliveryState {
@@ -641,7 +853,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +865,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +878,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -706,7 +918,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +930,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +943,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListDeadLettersResponse) GetMessages() []*Message {
@@ -750,7 +962,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +974,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +987,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -794,7 +1006,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1018,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1031,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RedriveResponse) GetState() DeliveryState {
@@ -838,7 +1050,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +1062,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +1075,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PurgeRequest) GetId() string {
@@ -882,7 +1094,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1106,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1119,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PurgeResponse) GetState() DeliveryState {
@@ -926,7 +1138,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1150,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1163,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -970,7 +1182,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1194,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1207,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -1014,7 +1226,7 @@ type VerifyStateRequest struct {
 
 func (x *VerifyStateRequest) Reset() {
 	*x = VerifyStateRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1238,7 @@ func (x *VerifyStateRequest) String() string {
 func (*VerifyStateRequest) ProtoMessage() {}
 
 func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1251,7 @@ func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateRequest.ProtoReflect.Descriptor instead.
 func (*VerifyStateRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VerifyStateRequest) GetFull() bool {
@@ -1063,7 +1275,7 @@ type VerifyStateResponse struct {
 
 func (x *VerifyStateResponse) Reset() {
 	*x = VerifyStateResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1287,7 @@ func (x *VerifyStateResponse) String() string {
 func (*VerifyStateResponse) ProtoMessage() {}
 
 func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1300,7 @@ func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateResponse.ProtoReflect.Descriptor instead.
 func (*VerifyStateResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VerifyStateResponse) GetCounts() map[string]int64 {
@@ -1156,7 +1368,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1380,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1393,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SendRequest) GetTenant() string {
@@ -1253,7 +1465,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1477,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1490,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SendResponse) GetId() string {
@@ -1318,7 +1530,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1542,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1555,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1380,7 +1592,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1604,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1617,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Message) GetId() string {
@@ -1554,7 +1766,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1778,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1791,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -1676,7 +1888,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1900,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1913,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetMessageResponse) GetMessage() *Message {
@@ -1733,7 +1945,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1957,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1970,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1805,7 +2017,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +2029,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +2042,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -1851,7 +2063,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2075,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2088,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1908,7 +2120,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2132,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2145,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 type ServiceStatus struct {
@@ -1949,7 +2161,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2173,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2186,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -2016,7 +2228,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2240,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2253,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusResponse) GetServices() []*ServiceStatus {
@@ -2069,7 +2281,26 @@ var File_herald_gateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
+	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n" +
+	"\x15RecoveryStatusRequest\x12\x12\n" +
+	"\x04list\x18\x01 \x01(\bR\x04list\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x90\x01\n" +
+	"\fRecoveryItem\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12*\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\"\xd1\x02\n" +
+	"\x16RecoveryStatusResponse\x12\x10\n" +
+	"\x03due\x18\x01 \x01(\x03R\x03due\x12\x1b\n" +
+	"\tin_flight\x18\x02 \x01(\x03R\binFlight\x12\x18\n" +
+	"\ablocked\x18\x03 \x01(\x03R\ablocked\x12P\n" +
+	"\aunknown\x18\x04 \x03(\v26.herald.gateway.v1.RecoveryStatusResponse.UnknownEntryR\aunknown\x12)\n" +
+	"\x10aborted_excluded\x18\x05 \x01(\x03R\x0fabortedExcluded\x125\n" +
+	"\x05items\x18\x06 \x03(\v2\x1f.herald.gateway.v1.RecoveryItemR\x05items\x1a:\n" +
+	"\fUnknownEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb1\x01\n" +
 	"\x10OpenReplyRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1c\n" +
@@ -2239,7 +2470,8 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x04\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16DELIVERY_STATE_ABORTED\x10\x06\x12\x1a\n" +
-	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xb9\t\n" +
+	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xa0\n" +
+	"\n" +
 	"\x0eGatewayService\x12G\n" +
 	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12Y\n" +
 	"\n" +
@@ -2256,7 +2488,8 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\tOpenReply\x12#.herald.gateway.v1.OpenReplyRequest\x1a$.herald.gateway.v1.OpenReplyResponse\x12\\\n" +
 	"\vAppendChunk\x12%.herald.gateway.v1.AppendChunkRequest\x1a&.herald.gateway.v1.AppendChunkResponse\x12Y\n" +
 	"\n" +
-	"CloseReply\x12$.herald.gateway.v1.CloseReplyRequest\x1a%.herald.gateway.v1.CloseReplyResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
+	"CloseReply\x12$.herald.gateway.v1.CloseReplyRequest\x1a%.herald.gateway.v1.CloseReplyResponse\x12e\n" +
+	"\x0eRecoveryStatus\x12(.herald.gateway.v1.RecoveryStatusRequest\x1a).herald.gateway.v1.RecoveryStatusResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_herald_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -2271,104 +2504,113 @@ func file_herald_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_herald_gateway_v1_gateway_proto_goTypes = []any{
 	(ReplyState)(0),                 // 0: herald.gateway.v1.ReplyState
 	(DeliveryState)(0),              // 1: herald.gateway.v1.DeliveryState
-	(*OpenReplyRequest)(nil),        // 2: herald.gateway.v1.OpenReplyRequest
-	(*OpenReplyResponse)(nil),       // 3: herald.gateway.v1.OpenReplyResponse
-	(*AppendChunkRequest)(nil),      // 4: herald.gateway.v1.AppendChunkRequest
-	(*AppendChunkResponse)(nil),     // 5: herald.gateway.v1.AppendChunkResponse
-	(*CloseReplyRequest)(nil),       // 6: herald.gateway.v1.CloseReplyRequest
-	(*CloseReplyResponse)(nil),      // 7: herald.gateway.v1.CloseReplyResponse
-	(*AbortRequest)(nil),            // 8: herald.gateway.v1.AbortRequest
-	(*AbortResponse)(nil),           // 9: herald.gateway.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil),  // 10: herald.gateway.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 11: herald.gateway.v1.ListDeadLettersResponse
-	(*RedriveRequest)(nil),          // 12: herald.gateway.v1.RedriveRequest
-	(*RedriveResponse)(nil),         // 13: herald.gateway.v1.RedriveResponse
-	(*PurgeRequest)(nil),            // 14: herald.gateway.v1.PurgeRequest
-	(*PurgeResponse)(nil),           // 15: herald.gateway.v1.PurgeResponse
-	(*BackupRequest)(nil),           // 16: herald.gateway.v1.BackupRequest
-	(*BackupResponse)(nil),          // 17: herald.gateway.v1.BackupResponse
-	(*VerifyStateRequest)(nil),      // 18: herald.gateway.v1.VerifyStateRequest
-	(*VerifyStateResponse)(nil),     // 19: herald.gateway.v1.VerifyStateResponse
-	(*SendRequest)(nil),             // 20: herald.gateway.v1.SendRequest
-	(*SendResponse)(nil),            // 21: herald.gateway.v1.SendResponse
-	(*GetMessageRequest)(nil),       // 22: herald.gateway.v1.GetMessageRequest
-	(*Message)(nil),                 // 23: herald.gateway.v1.Message
-	(*Event)(nil),                   // 24: herald.gateway.v1.Event
-	(*GetMessageResponse)(nil),      // 25: herald.gateway.v1.GetMessageResponse
-	(*HistoryRequest)(nil),          // 26: herald.gateway.v1.HistoryRequest
-	(*HistoryResponse)(nil),         // 27: herald.gateway.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),      // 28: herald.gateway.v1.WatchEventsRequest
-	(*StatusRequest)(nil),           // 29: herald.gateway.v1.StatusRequest
-	(*ServiceStatus)(nil),           // 30: herald.gateway.v1.ServiceStatus
-	(*StatusResponse)(nil),          // 31: herald.gateway.v1.StatusResponse
-	nil,                             // 32: herald.gateway.v1.VerifyStateResponse.CountsEntry
-	nil,                             // 33: herald.gateway.v1.SendRequest.MetadataEntry
-	nil,                             // 34: herald.gateway.v1.Message.MetadataEntry
-	nil,                             // 35: herald.gateway.v1.StatusResponse.CountsEntry
-	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
+	(*RecoveryStatusRequest)(nil),   // 2: herald.gateway.v1.RecoveryStatusRequest
+	(*RecoveryItem)(nil),            // 3: herald.gateway.v1.RecoveryItem
+	(*RecoveryStatusResponse)(nil),  // 4: herald.gateway.v1.RecoveryStatusResponse
+	(*OpenReplyRequest)(nil),        // 5: herald.gateway.v1.OpenReplyRequest
+	(*OpenReplyResponse)(nil),       // 6: herald.gateway.v1.OpenReplyResponse
+	(*AppendChunkRequest)(nil),      // 7: herald.gateway.v1.AppendChunkRequest
+	(*AppendChunkResponse)(nil),     // 8: herald.gateway.v1.AppendChunkResponse
+	(*CloseReplyRequest)(nil),       // 9: herald.gateway.v1.CloseReplyRequest
+	(*CloseReplyResponse)(nil),      // 10: herald.gateway.v1.CloseReplyResponse
+	(*AbortRequest)(nil),            // 11: herald.gateway.v1.AbortRequest
+	(*AbortResponse)(nil),           // 12: herald.gateway.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil),  // 13: herald.gateway.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 14: herald.gateway.v1.ListDeadLettersResponse
+	(*RedriveRequest)(nil),          // 15: herald.gateway.v1.RedriveRequest
+	(*RedriveResponse)(nil),         // 16: herald.gateway.v1.RedriveResponse
+	(*PurgeRequest)(nil),            // 17: herald.gateway.v1.PurgeRequest
+	(*PurgeResponse)(nil),           // 18: herald.gateway.v1.PurgeResponse
+	(*BackupRequest)(nil),           // 19: herald.gateway.v1.BackupRequest
+	(*BackupResponse)(nil),          // 20: herald.gateway.v1.BackupResponse
+	(*VerifyStateRequest)(nil),      // 21: herald.gateway.v1.VerifyStateRequest
+	(*VerifyStateResponse)(nil),     // 22: herald.gateway.v1.VerifyStateResponse
+	(*SendRequest)(nil),             // 23: herald.gateway.v1.SendRequest
+	(*SendResponse)(nil),            // 24: herald.gateway.v1.SendResponse
+	(*GetMessageRequest)(nil),       // 25: herald.gateway.v1.GetMessageRequest
+	(*Message)(nil),                 // 26: herald.gateway.v1.Message
+	(*Event)(nil),                   // 27: herald.gateway.v1.Event
+	(*GetMessageResponse)(nil),      // 28: herald.gateway.v1.GetMessageResponse
+	(*HistoryRequest)(nil),          // 29: herald.gateway.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 30: herald.gateway.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),      // 31: herald.gateway.v1.WatchEventsRequest
+	(*StatusRequest)(nil),           // 32: herald.gateway.v1.StatusRequest
+	(*ServiceStatus)(nil),           // 33: herald.gateway.v1.ServiceStatus
+	(*StatusResponse)(nil),          // 34: herald.gateway.v1.StatusResponse
+	nil,                             // 35: herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	nil,                             // 36: herald.gateway.v1.VerifyStateResponse.CountsEntry
+	nil,                             // 37: herald.gateway.v1.SendRequest.MetadataEntry
+	nil,                             // 38: herald.gateway.v1.Message.MetadataEntry
+	nil,                             // 39: herald.gateway.v1.StatusResponse.CountsEntry
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
 }
 var file_herald_gateway_v1_gateway_proto_depIdxs = []int32{
-	0,  // 0: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
-	1,  // 1: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	0,  // 2: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
-	1,  // 3: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	0,  // 4: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
-	36, // 5: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
-	23, // 6: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
-	1,  // 7: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	1,  // 8: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	32, // 9: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
-	33, // 10: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
-	1,  // 11: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	34, // 12: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
-	1,  // 13: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
-	36, // 14: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
-	36, // 15: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	36, // 16: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
-	36, // 17: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 18: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
-	23, // 19: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
-	24, // 20: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
-	23, // 21: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
-	30, // 22: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
-	35, // 23: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
-	20, // 24: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
-	22, // 25: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
-	26, // 26: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
-	28, // 27: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
-	29, // 28: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
-	8,  // 29: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
-	10, // 30: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
-	12, // 31: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
-	14, // 32: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
-	16, // 33: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
-	18, // 34: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
-	2,  // 35: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
-	4,  // 36: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
-	6,  // 37: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
-	21, // 38: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
-	25, // 39: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
-	27, // 40: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
-	24, // 41: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
-	31, // 42: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
-	9,  // 43: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
-	11, // 44: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
-	13, // 45: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
-	15, // 46: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
-	17, // 47: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
-	19, // 48: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
-	3,  // 49: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
-	5,  // 50: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
-	7,  // 51: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
-	38, // [38:52] is the sub-list for method output_type
-	24, // [24:38] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	40, // 0: herald.gateway.v1.RecoveryItem.at:type_name -> google.protobuf.Timestamp
+	35, // 1: herald.gateway.v1.RecoveryStatusResponse.unknown:type_name -> herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	3,  // 2: herald.gateway.v1.RecoveryStatusResponse.items:type_name -> herald.gateway.v1.RecoveryItem
+	0,  // 3: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 4: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 5: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 6: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 7: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
+	40, // 8: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	26, // 9: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
+	1,  // 10: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	1,  // 11: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	36, // 12: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
+	37, // 13: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
+	1,  // 14: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	38, // 15: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
+	1,  // 16: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
+	40, // 17: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
+	40, // 18: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
+	40, // 19: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
+	40, // 20: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 21: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
+	26, // 22: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
+	27, // 23: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
+	26, // 24: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
+	33, // 25: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
+	39, // 26: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
+	23, // 27: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
+	25, // 28: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
+	29, // 29: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
+	31, // 30: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
+	32, // 31: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
+	11, // 32: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
+	13, // 33: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
+	15, // 34: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
+	17, // 35: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
+	19, // 36: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
+	21, // 37: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
+	5,  // 38: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
+	7,  // 39: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
+	9,  // 40: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
+	2,  // 41: herald.gateway.v1.GatewayService.RecoveryStatus:input_type -> herald.gateway.v1.RecoveryStatusRequest
+	24, // 42: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
+	28, // 43: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
+	30, // 44: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
+	27, // 45: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
+	34, // 46: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
+	12, // 47: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
+	14, // 48: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
+	16, // 49: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
+	18, // 50: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
+	20, // 51: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
+	22, // 52: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
+	6,  // 53: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
+	8,  // 54: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
+	10, // 55: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
+	4,  // 56: herald.gateway.v1.GatewayService.RecoveryStatus:output_type -> herald.gateway.v1.RecoveryStatusResponse
+	42, // [42:57] is the sub-list for method output_type
+	27, // [27:42] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_herald_gateway_v1_gateway_proto_init() }
@@ -2382,7 +2624,7 @@ func file_herald_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_gateway_v1_gateway_proto_rawDesc), len(file_herald_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	GatewayService_OpenReply_FullMethodName       = "/herald.gateway.v1.GatewayService/OpenReply"
 	GatewayService_AppendChunk_FullMethodName     = "/herald.gateway.v1.GatewayService/AppendChunk"
 	GatewayService_CloseReply_FullMethodName      = "/herald.gateway.v1.GatewayService/CloseReply"
+	GatewayService_RecoveryStatus_FullMethodName  = "/herald.gateway.v1.GatewayService/RecoveryStatus"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -104,6 +105,11 @@ type GatewayServiceClient interface {
 	AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AppendChunkResponse, error)
 	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
 	CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*CloseReplyResponse, error)
+	// RecoveryStatus reports what recovery would do right now: messages due,
+	// in flight, unknown (by policy), waiting behind their conversation, and
+	// the aborted ones it excludes; with list, each message and why.
+	// Idempotent; changes nothing.
+	RecoveryStatus(ctx context.Context, in *RecoveryStatusRequest, opts ...grpc.CallOption) (*RecoveryStatusResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -263,6 +269,16 @@ func (c *gatewayServiceClient) CloseReply(ctx context.Context, in *CloseReplyReq
 	return out, nil
 }
 
+func (c *gatewayServiceClient) RecoveryStatus(ctx context.Context, in *RecoveryStatusRequest, opts ...grpc.CallOption) (*RecoveryStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoveryStatusResponse)
+	err := c.cc.Invoke(ctx, GatewayService_RecoveryStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -329,6 +345,11 @@ type GatewayServiceServer interface {
 	AppendChunk(context.Context, *AppendChunkRequest) (*AppendChunkResponse, error)
 	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
 	CloseReply(context.Context, *CloseReplyRequest) (*CloseReplyResponse, error)
+	// RecoveryStatus reports what recovery would do right now: messages due,
+	// in flight, unknown (by policy), waiting behind their conversation, and
+	// the aborted ones it excludes; with list, each message and why.
+	// Idempotent; changes nothing.
+	RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -380,6 +401,9 @@ func (UnimplementedGatewayServiceServer) AppendChunk(context.Context, *AppendChu
 }
 func (UnimplementedGatewayServiceServer) CloseReply(context.Context, *CloseReplyRequest) (*CloseReplyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseReply not implemented")
+}
+func (UnimplementedGatewayServiceServer) RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecoveryStatus not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -647,6 +671,24 @@ func _GatewayService_CloseReply_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_RecoveryStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoveryStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).RecoveryStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_RecoveryStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).RecoveryStatus(ctx, req.(*RecoveryStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -705,6 +747,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseReply",
 			Handler:    _GatewayService_CloseReply_Handler,
+		},
+		{
+			MethodName: "RecoveryStatus",
+			Handler:    _GatewayService_RecoveryStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -85,6 +85,221 @@ func (Result) EnumDescriptor() ([]byte, []int) {
 	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
 }
 
+type RecoveryStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// List the messages and why, up to limit (default 100).
+	List          bool   `protobuf:"varint,1,opt,name=list,proto3" json:"list,omitempty"`
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryStatusRequest) Reset() {
+	*x = RecoveryStatusRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryStatusRequest) ProtoMessage() {}
+
+func (x *RecoveryStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryStatusRequest.ProtoReflect.Descriptor instead.
+func (*RecoveryStatusRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecoveryStatusRequest) GetList() bool {
+	if x != nil {
+		return x.List
+	}
+	return false
+}
+
+func (x *RecoveryStatusRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type RecoveryItem struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Channel string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// due, in_flight, unknown, blocked
+	Kind          string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	AtUnixNano    int64  `protobuf:"varint,4,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	Action        string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryItem) Reset() {
+	*x = RecoveryItem{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryItem) ProtoMessage() {}
+
+func (x *RecoveryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryItem.ProtoReflect.Descriptor instead.
+func (*RecoveryItem) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecoveryItem) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RecoveryItem) GetAtUnixNano() int64 {
+	if x != nil {
+		return x.AtUnixNano
+	}
+	return 0
+}
+
+func (x *RecoveryItem) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+type RecoveryStatusResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Due      int64                  `protobuf:"varint,1,opt,name=due,proto3" json:"due,omitempty"`
+	InFlight int64                  `protobuf:"varint,2,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Blocked  int64                  `protobuf:"varint,3,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// UNKNOWN messages by policy: redeliver, fail, reconcile.
+	Unknown         map[string]int64 `protobuf:"bytes,4,rep,name=unknown,proto3" json:"unknown,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	AbortedExcluded int64            `protobuf:"varint,5,opt,name=aborted_excluded,json=abortedExcluded,proto3" json:"aborted_excluded,omitempty"`
+	Items           []*RecoveryItem  `protobuf:"bytes,6,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RecoveryStatusResponse) Reset() {
+	*x = RecoveryStatusResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryStatusResponse) ProtoMessage() {}
+
+func (x *RecoveryStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryStatusResponse.ProtoReflect.Descriptor instead.
+func (*RecoveryStatusResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RecoveryStatusResponse) GetDue() int64 {
+	if x != nil {
+		return x.Due
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetBlocked() int64 {
+	if x != nil {
+		return x.Blocked
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetUnknown() map[string]int64 {
+	if x != nil {
+		return x.Unknown
+	}
+	return nil
+}
+
+func (x *RecoveryStatusResponse) GetAbortedExcluded() int64 {
+	if x != nil {
+		return x.AbortedExcluded
+	}
+	return 0
+}
+
+func (x *RecoveryStatusResponse) GetItems() []*RecoveryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 type OpenReplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reply         *v1.Reply              `protobuf:"bytes,1,opt,name=reply,proto3" json:"reply,omitempty"`
@@ -94,7 +309,7 @@ type OpenReplyRequest struct {
 
 func (x *OpenReplyRequest) Reset() {
 	*x = OpenReplyRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -106,7 +321,7 @@ func (x *OpenReplyRequest) String() string {
 func (*OpenReplyRequest) ProtoMessage() {}
 
 func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[0]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -119,7 +334,7 @@ func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplyRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{0}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OpenReplyRequest) GetReply() *v1.Reply {
@@ -138,7 +353,7 @@ type ReplyResponse struct {
 
 func (x *ReplyResponse) Reset() {
 	*x = ReplyResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -150,7 +365,7 @@ func (x *ReplyResponse) String() string {
 func (*ReplyResponse) ProtoMessage() {}
 
 func (x *ReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[1]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -163,7 +378,7 @@ func (x *ReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplyResponse.ProtoReflect.Descriptor instead.
 func (*ReplyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{1}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReplyResponse) GetReply() *v1.Reply {
@@ -185,7 +400,7 @@ type AppendChunkRequest struct {
 
 func (x *AppendChunkRequest) Reset() {
 	*x = AppendChunkRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +412,7 @@ func (x *AppendChunkRequest) String() string {
 func (*AppendChunkRequest) ProtoMessage() {}
 
 func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[2]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +425,7 @@ func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendChunkRequest.ProtoReflect.Descriptor instead.
 func (*AppendChunkRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{2}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppendChunkRequest) GetReplyId() string {
@@ -243,7 +458,7 @@ type CloseReplyRequest struct {
 
 func (x *CloseReplyRequest) Reset() {
 	*x = CloseReplyRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +470,7 @@ func (x *CloseReplyRequest) String() string {
 func (*CloseReplyRequest) ProtoMessage() {}
 
 func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[3]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +483,7 @@ func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseReplyRequest.ProtoReflect.Descriptor instead.
 func (*CloseReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{3}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CloseReplyRequest) GetReplyId() string {
@@ -291,7 +506,7 @@ type RecordEventRequest struct {
 
 func (x *RecordEventRequest) Reset() {
 	*x = RecordEventRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +518,7 @@ func (x *RecordEventRequest) String() string {
 func (*RecordEventRequest) ProtoMessage() {}
 
 func (x *RecordEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[4]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +531,7 @@ func (x *RecordEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEventRequest.ProtoReflect.Descriptor instead.
 func (*RecordEventRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{4}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RecordEventRequest) GetType() string {
@@ -356,7 +571,7 @@ type RecordEventResponse struct {
 
 func (x *RecordEventResponse) Reset() {
 	*x = RecordEventResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +583,7 @@ func (x *RecordEventResponse) String() string {
 func (*RecordEventResponse) ProtoMessage() {}
 
 func (x *RecordEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[5]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +596,7 @@ func (x *RecordEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEventResponse.ProtoReflect.Descriptor instead.
 func (*RecordEventResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{5}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RecordEventResponse) GetSequence() uint64 {
@@ -401,7 +616,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +628,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[6]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +641,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{6}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -458,7 +673,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +685,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[7]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +698,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{7}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AbortResponse) GetDelivery() *v1.Delivery {
@@ -519,7 +734,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +746,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[8]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +759,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{8}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -584,7 +799,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +811,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[9]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +824,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{9}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -628,7 +843,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +855,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[10]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +868,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{10}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RedriveResponse) GetDelivery() *v1.Delivery {
@@ -673,7 +888,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +900,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[11]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +913,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{11}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -718,7 +933,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +945,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[12]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +958,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{12}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -762,7 +977,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +989,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[13]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +1002,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{13}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VerifyRequest) GetFull() bool {
@@ -811,7 +1026,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1038,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[14]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1051,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{14}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VerifyResponse) GetCounts() map[string]int64 {
@@ -892,7 +1107,7 @@ type AcceptRequest struct {
 
 func (x *AcceptRequest) Reset() {
 	*x = AcceptRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1119,7 @@ func (x *AcceptRequest) String() string {
 func (*AcceptRequest) ProtoMessage() {}
 
 func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[15]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1132,7 @@ func (x *AcceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptRequest.ProtoReflect.Descriptor instead.
 func (*AcceptRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{15}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AcceptRequest) GetMessage() *v1.Message {
@@ -939,7 +1154,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1166,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[16]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1179,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{16}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AcceptResponse) GetMessage() *v1.Message {
@@ -1006,7 +1221,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1233,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[17]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1246,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{17}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LeaseRequest) GetWorker() string {
@@ -1079,7 +1294,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1306,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[18]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1319,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{18}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Lease) GetMessage() *v1.Message {
@@ -1130,7 +1345,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1357,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1370,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LeaseResponse) GetLeases() []*Lease {
@@ -1187,7 +1402,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1414,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1427,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -1302,7 +1517,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1529,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1542,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CompleteRequest) GetWorker() string {
@@ -1356,7 +1571,7 @@ type OutcomeResult struct {
 
 func (x *OutcomeResult) Reset() {
 	*x = OutcomeResult{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1583,7 @@ func (x *OutcomeResult) String() string {
 func (*OutcomeResult) ProtoMessage() {}
 
 func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1596,7 @@ func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeResult.ProtoReflect.Descriptor instead.
 func (*OutcomeResult) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutcomeResult) GetMessageId() string {
@@ -1414,7 +1629,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1641,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1654,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CompleteResponse) GetResults() []*OutcomeResult {
@@ -1458,7 +1673,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1685,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1698,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1504,7 +1719,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1731,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1744,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetMessageResponse) GetMessage() *v1.Message {
@@ -1567,7 +1782,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1794,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1807,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1639,7 +1854,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1651,7 +1866,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1664,7 +1879,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{27}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HistoryResponse) GetMessages() []*Lease {
@@ -1688,7 +1903,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1915,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1928,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{28}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1745,7 +1960,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +1972,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +1985,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{29}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{32}
 }
 
 type StatsResponse struct {
@@ -1785,7 +2000,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +2012,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2025,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{30}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatsResponse) GetCounts() map[string]int64 {
@@ -1838,7 +2053,27 @@ var File_herald_tracker_v1_tracker_proto protoreflect.FileDescriptor
 
 const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"@\n" +
+	"\x1fherald/tracker/v1/tracker.proto\x12\x11herald.tracker.v1\x1a\x1bherald/store/v1/store.proto\"A\n" +
+	"\x15RecoveryStatusRequest\x12\x12\n" +
+	"\x04list\x18\x01 \x01(\bR\x04list\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x86\x01\n" +
+	"\fRecoveryItem\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12 \n" +
+	"\fat_unix_nano\x18\x04 \x01(\x03R\n" +
+	"atUnixNano\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\"\xd1\x02\n" +
+	"\x16RecoveryStatusResponse\x12\x10\n" +
+	"\x03due\x18\x01 \x01(\x03R\x03due\x12\x1b\n" +
+	"\tin_flight\x18\x02 \x01(\x03R\binFlight\x12\x18\n" +
+	"\ablocked\x18\x03 \x01(\x03R\ablocked\x12P\n" +
+	"\aunknown\x18\x04 \x03(\v26.herald.tracker.v1.RecoveryStatusResponse.UnknownEntryR\aunknown\x12)\n" +
+	"\x10aborted_excluded\x18\x05 \x01(\x03R\x0fabortedExcluded\x125\n" +
+	"\x05items\x18\x06 \x03(\v2\x1f.herald.tracker.v1.RecoveryItemR\x05items\x1a:\n" +
+	"\fUnknownEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"@\n" +
 	"\x10OpenReplyRequest\x12,\n" +
 	"\x05reply\x18\x01 \x01(\v2\x16.herald.store.v1.ReplyR\x05reply\"=\n" +
 	"\rReplyResponse\x12,\n" +
@@ -1967,7 +2202,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x10RESULT_DELIVERED\x10\x01\x12\x10\n" +
 	"\fRESULT_RETRY\x10\x02\x12\x11\n" +
 	"\rRESULT_FAILED\x10\x03\x12\x12\n" +
-	"\x0eRESULT_UNKNOWN\x10\x042\x98\v\n" +
+	"\x0eRESULT_UNKNOWN\x10\x042\xff\v\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
@@ -1987,7 +2222,8 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\tOpenReply\x12#.herald.tracker.v1.OpenReplyRequest\x1a .herald.tracker.v1.ReplyResponse\x12W\n" +
 	"\vAppendChunk\x12%.herald.tracker.v1.AppendChunkRequest\x1a!.herald.tracker.v1.AcceptResponse\x12T\n" +
 	"\n" +
-	"CloseReply\x12$.herald.tracker.v1.CloseReplyRequest\x1a .herald.tracker.v1.ReplyResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
+	"CloseReply\x12$.herald.tracker.v1.CloseReplyRequest\x1a .herald.tracker.v1.ReplyResponse\x12e\n" +
+	"\x0eRecoveryStatus\x12(.herald.tracker.v1.RecoveryStatusRequest\x1a).herald.tracker.v1.RecoveryStatusResponseB@Z>github.com/heraldchat/herald/proto/herald/tracker/v1;trackerv1b\x06proto3"
 
 var (
 	file_herald_tracker_v1_tracker_proto_rawDescOnce sync.Once
@@ -2002,110 +2238,118 @@ func file_herald_tracker_v1_tracker_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_tracker_v1_tracker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_herald_tracker_v1_tracker_proto_goTypes = []any{
 	(Result)(0),                    // 0: herald.tracker.v1.Result
-	(*OpenReplyRequest)(nil),       // 1: herald.tracker.v1.OpenReplyRequest
-	(*ReplyResponse)(nil),          // 2: herald.tracker.v1.ReplyResponse
-	(*AppendChunkRequest)(nil),     // 3: herald.tracker.v1.AppendChunkRequest
-	(*CloseReplyRequest)(nil),      // 4: herald.tracker.v1.CloseReplyRequest
-	(*RecordEventRequest)(nil),     // 5: herald.tracker.v1.RecordEventRequest
-	(*RecordEventResponse)(nil),    // 6: herald.tracker.v1.RecordEventResponse
-	(*AbortRequest)(nil),           // 7: herald.tracker.v1.AbortRequest
-	(*AbortResponse)(nil),          // 8: herald.tracker.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil), // 9: herald.tracker.v1.ListDeadLettersRequest
-	(*RedriveRequest)(nil),         // 10: herald.tracker.v1.RedriveRequest
-	(*RedriveResponse)(nil),        // 11: herald.tracker.v1.RedriveResponse
-	(*BackupRequest)(nil),          // 12: herald.tracker.v1.BackupRequest
-	(*BackupResponse)(nil),         // 13: herald.tracker.v1.BackupResponse
-	(*VerifyRequest)(nil),          // 14: herald.tracker.v1.VerifyRequest
-	(*VerifyResponse)(nil),         // 15: herald.tracker.v1.VerifyResponse
-	(*AcceptRequest)(nil),          // 16: herald.tracker.v1.AcceptRequest
-	(*AcceptResponse)(nil),         // 17: herald.tracker.v1.AcceptResponse
-	(*LeaseRequest)(nil),           // 18: herald.tracker.v1.LeaseRequest
-	(*Lease)(nil),                  // 19: herald.tracker.v1.Lease
-	(*LeaseResponse)(nil),          // 20: herald.tracker.v1.LeaseResponse
-	(*Outcome)(nil),                // 21: herald.tracker.v1.Outcome
-	(*CompleteRequest)(nil),        // 22: herald.tracker.v1.CompleteRequest
-	(*OutcomeResult)(nil),          // 23: herald.tracker.v1.OutcomeResult
-	(*CompleteResponse)(nil),       // 24: herald.tracker.v1.CompleteResponse
-	(*GetMessageRequest)(nil),      // 25: herald.tracker.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),     // 26: herald.tracker.v1.GetMessageResponse
-	(*HistoryRequest)(nil),         // 27: herald.tracker.v1.HistoryRequest
-	(*HistoryResponse)(nil),        // 28: herald.tracker.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),     // 29: herald.tracker.v1.WatchEventsRequest
-	(*StatsRequest)(nil),           // 30: herald.tracker.v1.StatsRequest
-	(*StatsResponse)(nil),          // 31: herald.tracker.v1.StatsResponse
-	nil,                            // 32: herald.tracker.v1.VerifyResponse.CountsEntry
-	nil,                            // 33: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	nil,                            // 34: herald.tracker.v1.StatsResponse.CountsEntry
-	(*v1.Reply)(nil),               // 35: herald.store.v1.Reply
-	(*v1.Message)(nil),             // 36: herald.store.v1.Message
-	(*v1.Delivery)(nil),            // 37: herald.store.v1.Delivery
-	(*v1.Event)(nil),               // 38: herald.store.v1.Event
+	(*RecoveryStatusRequest)(nil),  // 1: herald.tracker.v1.RecoveryStatusRequest
+	(*RecoveryItem)(nil),           // 2: herald.tracker.v1.RecoveryItem
+	(*RecoveryStatusResponse)(nil), // 3: herald.tracker.v1.RecoveryStatusResponse
+	(*OpenReplyRequest)(nil),       // 4: herald.tracker.v1.OpenReplyRequest
+	(*ReplyResponse)(nil),          // 5: herald.tracker.v1.ReplyResponse
+	(*AppendChunkRequest)(nil),     // 6: herald.tracker.v1.AppendChunkRequest
+	(*CloseReplyRequest)(nil),      // 7: herald.tracker.v1.CloseReplyRequest
+	(*RecordEventRequest)(nil),     // 8: herald.tracker.v1.RecordEventRequest
+	(*RecordEventResponse)(nil),    // 9: herald.tracker.v1.RecordEventResponse
+	(*AbortRequest)(nil),           // 10: herald.tracker.v1.AbortRequest
+	(*AbortResponse)(nil),          // 11: herald.tracker.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil), // 12: herald.tracker.v1.ListDeadLettersRequest
+	(*RedriveRequest)(nil),         // 13: herald.tracker.v1.RedriveRequest
+	(*RedriveResponse)(nil),        // 14: herald.tracker.v1.RedriveResponse
+	(*BackupRequest)(nil),          // 15: herald.tracker.v1.BackupRequest
+	(*BackupResponse)(nil),         // 16: herald.tracker.v1.BackupResponse
+	(*VerifyRequest)(nil),          // 17: herald.tracker.v1.VerifyRequest
+	(*VerifyResponse)(nil),         // 18: herald.tracker.v1.VerifyResponse
+	(*AcceptRequest)(nil),          // 19: herald.tracker.v1.AcceptRequest
+	(*AcceptResponse)(nil),         // 20: herald.tracker.v1.AcceptResponse
+	(*LeaseRequest)(nil),           // 21: herald.tracker.v1.LeaseRequest
+	(*Lease)(nil),                  // 22: herald.tracker.v1.Lease
+	(*LeaseResponse)(nil),          // 23: herald.tracker.v1.LeaseResponse
+	(*Outcome)(nil),                // 24: herald.tracker.v1.Outcome
+	(*CompleteRequest)(nil),        // 25: herald.tracker.v1.CompleteRequest
+	(*OutcomeResult)(nil),          // 26: herald.tracker.v1.OutcomeResult
+	(*CompleteResponse)(nil),       // 27: herald.tracker.v1.CompleteResponse
+	(*GetMessageRequest)(nil),      // 28: herald.tracker.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 29: herald.tracker.v1.GetMessageResponse
+	(*HistoryRequest)(nil),         // 30: herald.tracker.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 31: herald.tracker.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),     // 32: herald.tracker.v1.WatchEventsRequest
+	(*StatsRequest)(nil),           // 33: herald.tracker.v1.StatsRequest
+	(*StatsResponse)(nil),          // 34: herald.tracker.v1.StatsResponse
+	nil,                            // 35: herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
+	nil,                            // 36: herald.tracker.v1.VerifyResponse.CountsEntry
+	nil,                            // 37: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	nil,                            // 38: herald.tracker.v1.StatsResponse.CountsEntry
+	(*v1.Reply)(nil),               // 39: herald.store.v1.Reply
+	(*v1.Message)(nil),             // 40: herald.store.v1.Message
+	(*v1.Delivery)(nil),            // 41: herald.store.v1.Delivery
+	(*v1.Event)(nil),               // 42: herald.store.v1.Event
 }
 var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
-	35, // 0: herald.tracker.v1.OpenReplyRequest.reply:type_name -> herald.store.v1.Reply
-	35, // 1: herald.tracker.v1.ReplyResponse.reply:type_name -> herald.store.v1.Reply
-	36, // 2: herald.tracker.v1.AppendChunkRequest.message:type_name -> herald.store.v1.Message
-	37, // 3: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
-	35, // 4: herald.tracker.v1.AbortResponse.reply:type_name -> herald.store.v1.Reply
-	37, // 5: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
-	32, // 6: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
-	36, // 7: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
-	36, // 8: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
-	37, // 9: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
-	33, // 10: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	36, // 11: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
-	37, // 12: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
-	19, // 13: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
-	0,  // 14: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
-	21, // 15: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
-	23, // 16: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
-	36, // 17: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
-	37, // 18: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
-	38, // 19: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
-	19, // 20: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
-	34, // 21: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
-	16, // 22: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
-	18, // 23: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
-	22, // 24: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	25, // 25: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	27, // 26: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	29, // 27: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	30, // 28: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	7,  // 29: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
-	9,  // 30: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
-	10, // 31: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
-	10, // 32: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
-	12, // 33: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
-	14, // 34: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
-	5,  // 35: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
-	1,  // 36: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
-	3,  // 37: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
-	4,  // 38: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
-	17, // 39: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	20, // 40: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	24, // 41: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	26, // 42: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	28, // 43: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	38, // 44: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	31, // 45: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	8,  // 46: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
-	28, // 47: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
-	11, // 48: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
-	11, // 49: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
-	13, // 50: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
-	15, // 51: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
-	6,  // 52: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
-	2,  // 53: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
-	17, // 54: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
-	2,  // 55: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
-	39, // [39:56] is the sub-list for method output_type
-	22, // [22:39] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	35, // 0: herald.tracker.v1.RecoveryStatusResponse.unknown:type_name -> herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
+	2,  // 1: herald.tracker.v1.RecoveryStatusResponse.items:type_name -> herald.tracker.v1.RecoveryItem
+	39, // 2: herald.tracker.v1.OpenReplyRequest.reply:type_name -> herald.store.v1.Reply
+	39, // 3: herald.tracker.v1.ReplyResponse.reply:type_name -> herald.store.v1.Reply
+	40, // 4: herald.tracker.v1.AppendChunkRequest.message:type_name -> herald.store.v1.Message
+	41, // 5: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
+	39, // 6: herald.tracker.v1.AbortResponse.reply:type_name -> herald.store.v1.Reply
+	41, // 7: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
+	36, // 8: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
+	40, // 9: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
+	40, // 10: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
+	41, // 11: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
+	37, // 12: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	40, // 13: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
+	41, // 14: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
+	22, // 15: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
+	0,  // 16: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
+	24, // 17: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
+	26, // 18: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
+	40, // 19: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
+	41, // 20: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
+	42, // 21: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
+	22, // 22: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
+	38, // 23: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
+	19, // 24: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
+	21, // 25: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
+	25, // 26: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
+	28, // 27: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	30, // 28: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	32, // 29: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	33, // 30: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	10, // 31: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	12, // 32: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	13, // 33: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	13, // 34: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	15, // 35: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	17, // 36: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	8,  // 37: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
+	4,  // 38: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
+	6,  // 39: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
+	7,  // 40: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
+	1,  // 41: herald.tracker.v1.TrackerService.RecoveryStatus:input_type -> herald.tracker.v1.RecoveryStatusRequest
+	20, // 42: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	23, // 43: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	27, // 44: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	29, // 45: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	31, // 46: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	42, // 47: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	34, // 48: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	11, // 49: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	31, // 50: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	14, // 51: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	14, // 52: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	16, // 53: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	18, // 54: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	9,  // 55: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
+	5,  // 56: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
+	20, // 57: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
+	5,  // 58: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
+	3,  // 59: herald.tracker.v1.TrackerService.RecoveryStatus:output_type -> herald.tracker.v1.RecoveryStatusResponse
+	42, // [42:60] is the sub-list for method output_type
+	24, // [24:42] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_herald_tracker_v1_tracker_proto_init() }
@@ -2119,7 +2363,7 @@ func file_herald_tracker_v1_tracker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_tracker_v1_tracker_proto_rawDesc), len(file_herald_tracker_v1_tracker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	TrackerService_OpenReply_FullMethodName       = "/herald.tracker.v1.TrackerService/OpenReply"
 	TrackerService_AppendChunk_FullMethodName     = "/herald.tracker.v1.TrackerService/AppendChunk"
 	TrackerService_CloseReply_FullMethodName      = "/herald.tracker.v1.TrackerService/CloseReply"
+	TrackerService_RecoveryStatus_FullMethodName  = "/herald.tracker.v1.TrackerService/RecoveryStatus"
 )
 
 // TrackerServiceClient is the client API for TrackerService service.
@@ -111,6 +112,9 @@ type TrackerServiceClient interface {
 	AppendChunk(ctx context.Context, in *AppendChunkRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
 	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
 	CloseReply(ctx context.Context, in *CloseReplyRequest, opts ...grpc.CallOption) (*ReplyResponse, error)
+	// RecoveryStatus reports what recovery would do now, read from the
+	// recovery index (never a status filter). Idempotent; changes nothing.
+	RecoveryStatus(ctx context.Context, in *RecoveryStatusRequest, opts ...grpc.CallOption) (*RecoveryStatusResponse, error)
 }
 
 type trackerServiceClient struct {
@@ -300,6 +304,16 @@ func (c *trackerServiceClient) CloseReply(ctx context.Context, in *CloseReplyReq
 	return out, nil
 }
 
+func (c *trackerServiceClient) RecoveryStatus(ctx context.Context, in *RecoveryStatusRequest, opts ...grpc.CallOption) (*RecoveryStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoveryStatusResponse)
+	err := c.cc.Invoke(ctx, TrackerService_RecoveryStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrackerServiceServer is the server API for TrackerService service.
 // All implementations must embed UnimplementedTrackerServiceServer
 // for forward compatibility.
@@ -369,6 +383,9 @@ type TrackerServiceServer interface {
 	AppendChunk(context.Context, *AppendChunkRequest) (*AcceptResponse, error)
 	// CloseReply marks a reply complete. Idempotent. Errors: NOT_FOUND.
 	CloseReply(context.Context, *CloseReplyRequest) (*ReplyResponse, error)
+	// RecoveryStatus reports what recovery would do now, read from the
+	// recovery index (never a status filter). Idempotent; changes nothing.
+	RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error)
 	mustEmbedUnimplementedTrackerServiceServer()
 }
 
@@ -429,6 +446,9 @@ func (UnimplementedTrackerServiceServer) AppendChunk(context.Context, *AppendChu
 }
 func (UnimplementedTrackerServiceServer) CloseReply(context.Context, *CloseReplyRequest) (*ReplyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseReply not implemented")
+}
+func (UnimplementedTrackerServiceServer) RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecoveryStatus not implemented")
 }
 func (UnimplementedTrackerServiceServer) mustEmbedUnimplementedTrackerServiceServer() {}
 func (UnimplementedTrackerServiceServer) testEmbeddedByValue()                        {}
@@ -750,6 +770,24 @@ func _TrackerService_CloseReply_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrackerService_RecoveryStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoveryStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrackerServiceServer).RecoveryStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrackerService_RecoveryStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrackerServiceServer).RecoveryStatus(ctx, req.(*RecoveryStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TrackerService_ServiceDesc is the grpc.ServiceDesc for TrackerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -820,6 +858,10 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseReply",
 			Handler:    _TrackerService_CloseReply_Handler,
+		},
+		{
+			MethodName: "RecoveryStatus",
+			Handler:    _TrackerService_RecoveryStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

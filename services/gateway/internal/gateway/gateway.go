@@ -58,6 +58,9 @@ type Config struct {
 	// NewID returns a new message id; default a ULID from ulid.Make, which
 	// is monotonic within a millisecond and safe for concurrent use.
 	NewID func() string
+	// Metrics receives Send's counts and latencies; nil means metrics that
+	// are registered nowhere.
+	Metrics *Metrics
 }
 
 // Service implements gatewayv1.GatewayServiceServer. Its methods are safe
@@ -72,6 +75,7 @@ type Service struct {
 	healthTimeout time.Duration
 	now           func() time.Time
 	newID         func() string
+	metrics       *Metrics
 
 	draining atomic.Bool
 }
@@ -91,6 +95,10 @@ func New(cfg Config) (*Service, error) {
 		healthTimeout: cfg.HealthTimeout,
 		now:           cfg.Now,
 		newID:         cfg.NewID,
+		metrics:       cfg.Metrics,
+	}
+	if s.metrics == nil {
+		s.metrics, _ = NewMetrics(nil) // registers nothing, cannot fail
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -125,7 +133,9 @@ func (s *Service) admit() error {
 
 // Send validates req, gives the message an id and the caller's trace
 // context, and returns once the tracker has made it durable.
-func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (*gatewayv1.SendResponse, error) {
+func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (resp *gatewayv1.SendResponse, err error) {
+	start := time.Now()
+	defer func() { s.metrics.observeSend(start, req.GetChannel(), resp, err) }()
 	if err := s.admit(); err != nil {
 		return nil, err
 	}
@@ -155,19 +165,19 @@ func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (*gatewa
 		msg.ExpiresAtUnixNano = s.now().Add(time.Duration(ttl) * time.Second).UnixNano()
 	}
 
-	resp, err := s.tracker.Accept(ctx, &trackerv1.AcceptRequest{Message: msg})
+	acc, err := s.tracker.Accept(ctx, &trackerv1.AcceptRequest{Message: msg})
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opSend, err)
 	}
-	if resp.GetMessage().GetId() == "" {
+	if acc.GetMessage().GetId() == "" {
 		// Never answer OK without the tracker's confirmation of what it stored.
 		return nil, trackerError(ctx, s.log, opSend, status.Error(codes.Internal, "tracker accepted without returning the message"))
 	}
 	return &gatewayv1.SendResponse{
-		Id:        resp.GetMessage().GetId(),
-		State:     gatewayv1.DeliveryState(resp.GetDelivery().GetState()),
-		Sequence:  resp.GetMessage().GetSequence(),
-		Duplicate: resp.GetDuplicate(),
+		Id:        acc.GetMessage().GetId(),
+		State:     gatewayv1.DeliveryState(acc.GetDelivery().GetState()),
+		Sequence:  acc.GetMessage().GetSequence(),
+		Duplicate: acc.GetDuplicate(),
 	}, nil
 }
 

@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"context"
+	"time"
 	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -96,4 +98,27 @@ func (s *Service) CloseReply(ctx context.Context, req *gatewayv1.CloseReplyReque
 		return nil, trackerError(ctx, s.log, opCloseReply, err)
 	}
 	return &gatewayv1.CloseReplyResponse{State: gatewayv1.ReplyState(resp.GetReply().GetState()), Chunks: resp.GetReply().GetChunks()}, nil
+}
+
+// RecoveryStatus reports what recovery would do right now.
+func (s *Service) RecoveryStatus(ctx context.Context, req *gatewayv1.RecoveryStatusRequest) (*gatewayv1.RecoveryStatusResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
+	resp, err := s.tracker.RecoveryStatus(ctx, &trackerv1.RecoveryStatusRequest{List: req.GetList(), Limit: req.GetLimit()})
+	if err != nil {
+		return nil, trackerError(ctx, s.log, "RecoveryStatus", err)
+	}
+	out := &gatewayv1.RecoveryStatusResponse{
+		Due: resp.GetDue(), InFlight: resp.GetInFlight(), Blocked: resp.GetBlocked(),
+		Unknown: resp.GetUnknown(), AbortedExcluded: resp.GetAbortedExcluded(),
+	}
+	for _, it := range resp.GetItems() {
+		item := &gatewayv1.RecoveryItem{Id: it.GetId(), Channel: it.GetChannel(), Kind: it.GetKind(), Action: it.GetAction()}
+		if n := it.GetAtUnixNano(); n != 0 {
+			item.At = timestamppb.New(time.Unix(0, n))
+		}
+		out.Items = append(out.Items, item)
+	}
+	return out, nil
 }

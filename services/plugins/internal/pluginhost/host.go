@@ -67,6 +67,10 @@ type Options struct {
 	// (host shutdown). A broken stream does not cancel calls. Nil means
 	// context.Background.
 	Lifetime context.Context
+	// Metrics receives provider-call latencies, error counts and channel
+	// health; nil means metrics registered nowhere. A Metrics serves one
+	// Host.
+	Metrics *Metrics
 }
 
 // Host implements pluginsv1.PluginHostServiceServer. Its channel table is
@@ -81,7 +85,14 @@ type Host struct {
 	lifetime       context.Context
 	channels       map[string]*channel
 	names          []string // sorted channel names, for ListChannels
+	metrics        *Metrics
+	draining       chan struct{}
+	drainOnce      sync.Once
 }
+
+// Drain makes every Deliver stream answer what it has in flight and end.
+// Call it when shutdown starts.
+func (h *Host) Drain() { h.drainOnce.Do(func() { close(h.draining) }) }
 
 type channel struct {
 	name    string
@@ -103,6 +114,11 @@ func New(channels map[string]Adapter, opts Options) (*Host, error) {
 		reporter:       opts.Reporter,
 		lifetime:       opts.Lifetime,
 		channels:       make(map[string]*channel, len(channels)),
+		draining:       make(chan struct{}),
+		metrics:        opts.Metrics,
+	}
+	if h.metrics == nil {
+		h.metrics, _ = NewMetrics(nil) // registers nothing, cannot fail
 	}
 	if h.lifetime == nil {
 		h.lifetime = context.Background()
@@ -124,6 +140,9 @@ func New(channels map[string]Adapter, opts Options) (*Host, error) {
 		h.names = append(h.names, name)
 	}
 	sort.Strings(h.names)
+	if !h.metrics.host.CompareAndSwap(nil, h) {
+		return nil, errors.New("pluginhost: Options.Metrics already serves another Host")
+	}
 	return h, nil
 }
 
@@ -205,8 +224,41 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 		h.report(orphans)
 	}()
 
+	// Recv runs apart so that the loop can also see the host draining.
+	type received struct {
+		req *pluginsv1.DeliverRequest
+		err error
+	}
+	reqs := make(chan received)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			select {
+			case reqs <- received{req, err}:
+			case <-stream.Context().Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
 	for {
-		req, err := stream.Recv()
+		var r received
+		select {
+		case r = <-reqs:
+		case <-stream.Context().Done():
+			// The receiver may have seen this first and left without
+			// passing the error on.
+			return stream.Context().Err()
+		case <-h.draining:
+			// Shutting down: answer what is in flight, then end the stream so
+			// the graceful stop need not wait for the queue to hang up.
+			wg.Wait()
+			return status.Error(codes.Unavailable, "plugin host is shutting down; every delivery in flight was answered")
+		}
+		req, err := r.req, r.err
 		if errors.Is(err, io.EOF) {
 			wg.Wait()
 			sendMu.Lock()
@@ -339,7 +391,9 @@ func (h *Host) deliver(ctx context.Context, pd *pluginsv1.Delivery) *pluginsv1.D
 		}
 	} else {
 		adapterName = ch.adapter.Name()
+		start := time.Now()
 		res = guard(h.call(ctx, ch.adapter, d))
+		h.metrics.callDuration.WithLabelValues(d.Channel, outcomeLabel(res.Outcome)).Observe(time.Since(start).Seconds())
 		if res.Outcome == pluginsv1.Outcome_OUTCOME_DELIVERED {
 			ch.failures.Store(0)
 		} else {
@@ -355,6 +409,7 @@ func (h *Host) deliver(ctx context.Context, pd *pluginsv1.Delivery) *pluginsv1.D
 		span.SetAttributes(attribute.String("herald.error_code", res.ErrorCode))
 		span.SetStatus(otelcodes.Error, res.ErrorCode)
 		h.logFailure(ctx, d, adapterName, res)
+		h.metrics.errors.WithLabelValues(d.Channel, res.ErrorCode).Inc()
 	}
 
 	return &pluginsv1.DeliverResponse{

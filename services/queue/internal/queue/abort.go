@@ -52,6 +52,7 @@ func (d *dispatcher) cancelMessage(id string) int {
 	if c != nil {
 		for reqID, j := range c.pending {
 			if j.lease.GetMessage().GetId() == id {
+				j.aborted.Store(true)
 				ids = append(ids, reqID)
 			}
 		}

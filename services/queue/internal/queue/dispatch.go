@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -21,6 +22,9 @@ type job struct {
 	done func(error)
 	// notAttempted: held back before any provider call.
 	notAttempted bool
+	// aborted: its call was cancelled because the message was aborted, so
+	// its end says nothing about the channel's health.
+	aborted atomic.Bool
 }
 
 // conn is one Deliver stream and the jobs sent on it.

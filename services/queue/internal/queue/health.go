@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,6 +123,15 @@ func (g *guard) hold(ch, recipient string) (until time.Time, done func(error)) {
 // observe records an attempt's answer.
 func (g *guard) observe(j *job, r *pluginsv1.DeliverResponse) {
 	ch := j.lease.GetMessage().GetChannel()
+	if (j.aborted.Load() && r.GetOutcome() != pluginsv1.Outcome_OUTCOME_DELIVERED) || strings.HasPrefix(r.GetErrorCode(), "QUE_") {
+		// Cut short by its abort, or answered by the queue itself (the
+		// plugin host went away, or never answered): neither a success nor
+		// a failure of the provider.
+		if j.done != nil {
+			j.done(errNotAttempted)
+		}
+		return
+	}
 	if j.done != nil {
 		switch r.GetOutcome() {
 		case pluginsv1.Outcome_OUTCOME_RETRYABLE, pluginsv1.Outcome_OUTCOME_UNKNOWN:

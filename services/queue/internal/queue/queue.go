@@ -59,6 +59,9 @@ type Config struct {
 	// circuit; BreakerTimeout later one probe is let through.
 	BreakerFailures int
 	BreakerTimeout  time.Duration
+	// Metrics receives the queue's counts; nil means metrics registered
+	// nowhere.
+	Metrics *Metrics
 }
 
 // RetryPolicy decides when a retryable failure is tried again.
@@ -118,6 +121,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BreakerTimeout <= 0 {
 		c.BreakerTimeout = 10 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics, _ = NewMetrics(nil) // registers nothing, cannot fail
 	}
 	return c
 }
@@ -290,6 +296,7 @@ func (q *Queue) take(ch string) {
 	q.inFlight++
 	q.perChannel[ch]++
 	q.mu.Unlock()
+	q.cfg.Metrics.inFlight.WithLabelValues(ch).Inc()
 }
 
 func (q *Queue) release(ch string) {
@@ -299,6 +306,7 @@ func (q *Queue) release(ch string) {
 		delete(q.perChannel, ch)
 	}
 	q.mu.Unlock()
+	q.cfg.Metrics.inFlight.WithLabelValues(ch).Dec()
 	select {
 	case q.freed <- struct{}{}:
 	default:
@@ -329,6 +337,32 @@ func (q *Queue) waitIdle(timeout time.Duration) bool {
 
 // decide turns the plugin host's answer into the outcome to record.
 func (q *Queue) decide(j *job, r *pluginsv1.DeliverResponse) *trackerv1.Outcome {
+	o := q.decideOutcome(j, r)
+	if !j.notAttempted {
+		q.count(j.lease.GetMessage().GetChannel(), o)
+	}
+	return o
+}
+
+// count adds an answered attempt's outcome to the metrics.
+func (q *Queue) count(ch string, o *trackerv1.Outcome) {
+	m := q.cfg.Metrics
+	switch o.GetResult() {
+	case trackerv1.Result_RESULT_DELIVERED:
+		m.deliveries.WithLabelValues(ch, "delivered").Inc()
+	case trackerv1.Result_RESULT_RETRY:
+		m.deliveries.WithLabelValues(ch, "retry").Inc()
+		m.retries.WithLabelValues(ch).Inc()
+	case trackerv1.Result_RESULT_FAILED:
+		m.deliveries.WithLabelValues(ch, "failed").Inc()
+		m.deadLetters.WithLabelValues(ch, o.GetErrorCode()).Inc()
+	default:
+		m.deliveries.WithLabelValues(ch, "unknown").Inc()
+	}
+}
+
+// decideOutcome is decide without the metrics.
+func (q *Queue) decideOutcome(j *job, r *pluginsv1.DeliverResponse) *trackerv1.Outcome {
 	l := j.lease
 	m, d := l.GetMessage(), l.GetDelivery()
 	o := &trackerv1.Outcome{

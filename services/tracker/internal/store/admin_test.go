@@ -145,3 +145,34 @@ func TestBackupRestoresPendingWork(t *testing.T) {
 		t.Fatalf("restored store leases %v (%v), want the pending message", l, err)
 	}
 }
+
+// Recovery status comes from the recovery index: an aborted message is
+// counted as excluded and never listed as something to send.
+func TestRecoveryPlanExcludesAborted(t *testing.T) {
+	c := newClock()
+	s := openTest(t, vfs.NewMem(), c, PolicyFail)
+	defer s.Close()
+	aborted := mustAccept(t, s, newMessage("c1")).Message.Id
+	mustAccept(t, s, newMessage("c2"))
+	mustAccept(t, s, newMessage("c3"))
+	if _, err := s.Abort(aborted, "stop"); err != nil {
+		t.Fatal(err)
+	}
+	leased := leaseIDs(t, s, 1)[0].Message
+	mustAccept(t, s, newMessage(leased.Conversation)) // waits behind the leased one
+	p, err := s.RecoveryPlan(true, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Due != 1 || p.InFlight != 1 || p.Blocked != 1 || p.AbortedExcluded != 1 {
+		t.Fatalf("plan: due=%d in_flight=%d blocked=%d aborted=%d, want 1 1 1 1", p.Due, p.InFlight, p.Blocked, p.AbortedExcluded)
+	}
+	if len(p.Items) != 3 {
+		t.Fatalf("listed %d items, want 3", len(p.Items))
+	}
+	for _, it := range p.Items {
+		if it.ID == aborted {
+			t.Fatalf("the aborted message is listed as %s: %s", it.Kind, it.Action)
+		}
+	}
+}

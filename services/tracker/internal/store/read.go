@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -168,3 +169,18 @@ func (s *Store) RecoverySize() int { return s.index.size() }
 // Metrics exposes Pebble's metrics (WAL fsyncs, compactions) for benchmarks
 // and the metrics endpoint.
 func (s *Store) Metrics() *pebble.Metrics { return s.db.Metrics() }
+
+// WALFsyncs is the number of WAL fsyncs Pebble has made since Open: the
+// sample count of its fsync-latency histogram. Group commit lets one fsync
+// serve many Sync commits.
+func (s *Store) WALFsyncs() uint64 {
+	h := s.db.Metrics().LogWriter.FsyncLatency
+	if h == nil {
+		return 0
+	}
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetHistogram().GetSampleCount()
+}

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -65,6 +66,10 @@ type Options struct {
 	Logger        *slog.Logger
 	// CacheSize is Pebble's block cache in bytes; zero means 64 MiB.
 	CacheSize int64
+	// OnCommit, if set, is called after every successful Sync commit with
+	// how long the commit (fsync included) took. It runs on the committing
+	// goroutine, with the batch's stripe locks held: it must be fast.
+	OnCommit func(time.Duration)
 }
 
 // UnknownPolicy is what the store does with a message whose provider outcome
@@ -96,6 +101,9 @@ type Store struct {
 	index  *memIndex
 
 	closed atomic.Bool
+	damage *damagedFiles
+
+	onCommit func(time.Duration) // nil: nobody listens
 }
 
 // Open opens (or creates) the store in dir. It checks the schema version and
@@ -120,11 +128,20 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(o.CacheSize)
 	defer cache.Unref()
+	damage := &damagedFiles{}
 	popts := &pebble.Options{
 		FS:     o.FS,
 		Cache:  cache,
 		Merger: counterMerger,
 		Logger: pebbleLogger{o.Logger},
+		// Pebble's default listener calls Fatalf on a checksum failure,
+		// which panics with a stack trace. Log it with the file's path
+		// instead: the read that found it returns an error that names the
+		// file, and DamagedFiles lists it for the startup check.
+		EventListener: &pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
+			damage.add(info.Path)
+			o.Logger.Error("on-disk corruption: restore the data directory from a backup", "error_code", "TRK_002", "component", "pebble", "file", info.Path, "err", info.Details)
+		}},
 		// A batch of many small Sync commits is the normal load; a larger
 		// memtable keeps flushes rare.
 		MemTableSize:  64 << 20,
@@ -143,32 +160,69 @@ func Open(dir string, o Options) (*Store, error) {
 		max:    o.MaxPending,
 		seed:   maphash.MakeSeed(),
 		index:  newMemIndex(),
+		damage: damage,
+
+		onCommit: o.OnCommit,
 	}
 	if err := s.checkSchema(); err != nil {
 		db.Close()
-		return nil, err
+		return nil, describeOpenError(dir, err)
 	}
 	last, err := s.lastEventSequence()
 	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, describeOpenError(dir, err)
 	}
 	s.events.init(last)
 	if err := s.loadIndex(); err != nil {
 		db.Close()
-		return nil, err
+		return nil, describeOpenError(dir, err)
 	}
 	return s, nil
+}
+
+// DamagedFiles lists the files Pebble found corrupt (a checksum mismatch)
+// since Open, in the order found. The tracker's startup check names them.
+func (s *Store) DamagedFiles() []string { return s.damage.list() }
+
+// damagedFiles collects the paths of corrupt files reported by Pebble.
+type damagedFiles struct {
+	mu    sync.Mutex
+	paths []string
+}
+
+func (d *damagedFiles) add(path string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.paths {
+		if p == path {
+			return
+		}
+	}
+	d.paths = append(d.paths, path)
+}
+
+func (d *damagedFiles) list() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.paths...)
 }
 
 // describeOpenError turns Pebble's open errors into ones an operator can act on.
 func describeOpenError(dir string, err error) error {
 	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "lock") && (strings.Contains(msg, "resource temporarily unavailable") || strings.Contains(msg, "held")):
+	// Pebble's flock on LOCK fails with EAGAIN (EWOULDBLOCK) while another
+	// process holds it; the error text does not say "lock".
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) ||
+		strings.Contains(msg, "lock") && (strings.Contains(msg, "resource temporarily unavailable") || strings.Contains(msg, "held")):
 		return fmt.Errorf("open store %s: the data directory is in use by another tracker; stop it or choose another --data-dir: %w", dir, err)
 	case pebble.IsCorruptionError(err) || strings.Contains(msg, "corrupt") || strings.Contains(msg, "checksum"):
-		return fmt.Errorf("open store %s: the store is damaged (%v); nothing was deleted: stop the tracker and restore the data directory from a backup (herald backup, see README): %w", dir, msg, err)
+		file := "a file"
+		if info := pebble.ExtractDataCorruptionInfo(err); info != nil {
+			file = info.Path
+		}
+		return fmt.Errorf("open store %s: the store is damaged (%s failed its checks: %v); nothing was deleted: stop the tracker and restore the data directory from a backup (herald backup, see README): %w", dir, file, msg, err)
 	}
 	return fmt.Errorf("open store %s: %w", dir, err)
 }
@@ -286,9 +340,13 @@ func mustMarshal(m proto.Message) []byte {
 // whose effects may be partly visible to Pebble's memtable; continuing could
 // break the event log's gap-free order, so the tracker stops (as etcd does).
 func (s *Store) commit(b *pebble.Batch) {
+	start := time.Now()
 	if err := b.Commit(pebble.Sync); err != nil {
 		s.log.Error("store commit failed; the tracker must stop and restart from the durable state", "error_code", "TRK_001", "err", err)
 		panic(fmt.Sprintf("herald tracker: store commit failed: %v", err))
+	}
+	if s.onCommit != nil {
+		s.onCommit(time.Since(start))
 	}
 }
 

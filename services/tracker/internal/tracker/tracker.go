@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -35,7 +36,15 @@ type Service struct {
 	log       *slog.Logger
 	now       func() time.Time
 	backupDir string
+	// stopping is closed when shutdown starts: long polls and event
+	// streams end at once instead of holding the graceful stop.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
+
+// Stop ends open long polls and event streams; call it when shutdown
+// starts, before the gRPC server's graceful stop.
+func (s *Service) Stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
 
 // New returns a Service over st. backupDir is where Backup writes
 // checkpoints ("" disables Backup). The caller owns st and closes it after
@@ -44,7 +53,7 @@ func New(st *store.Store, log *slog.Logger, now func() time.Time, backupDir stri
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{store: st, log: log, now: now, backupDir: backupDir}
+	return &Service{store: st, log: log, now: now, backupDir: backupDir, stopping: make(chan struct{})}
 }
 
 // Accept implements trackerv1.TrackerServiceServer.
@@ -96,6 +105,8 @@ func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trac
 		}
 		select {
 		case <-ctx.Done():
+			return &trackerv1.LeaseResponse{}, nil
+		case <-s.stopping:
 			return &trackerv1.LeaseResponse{}, nil
 		case <-timeout.C:
 			return &trackerv1.LeaseResponse{}, nil
@@ -205,7 +216,15 @@ func (s *Service) History(ctx context.Context, req *trackerv1.HistoryRequest) (*
 
 // WatchEvents implements trackerv1.TrackerServiceServer.
 func (s *Service) WatchEvents(req *trackerv1.WatchEventsRequest, stream trackerv1.TrackerService_WatchEventsServer) error {
-	ctx := stream.Context()
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	after := req.GetAfterSequence()
 	for {
 		evs, err := s.store.Events(after, eventPage)
@@ -225,11 +244,20 @@ func (s *Service) WatchEvents(req *trackerv1.WatchEventsRequest, stream trackerv
 			continue
 		}
 		if err := s.store.WaitEvents(ctx, after); err != nil {
-			if errors.Is(err, store.ErrClosed) {
+			if errors.Is(err, store.ErrClosed) || isClosed(s.stopping) {
 				return status.Error(codes.Unavailable, "tracker is shutting down; resume from the last sequence received")
 			}
 			return status.FromContextError(err).Err()
 		}
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -319,6 +347,11 @@ func (s *Service) Abort(ctx context.Context, req *trackerv1.AbortRequest) (*trac
 		if err != nil {
 			return nil, s.toStatus("abort", err)
 		}
+		_, ids, err := s.store.GetReply(r.GetId())
+		if err != nil {
+			return nil, s.toStatus("abort", err)
+		}
+		s.settle(ctx, ids)
 		return &trackerv1.AbortResponse{Reply: r}, nil
 	}
 	if errors.Is(err, store.ErrTerminal) {
@@ -327,7 +360,42 @@ func (s *Service) Abort(ctx context.Context, req *trackerv1.AbortRequest) (*trac
 	if err != nil {
 		return nil, s.toStatus("abort", err)
 	}
+	if d.GetState() == storev1.State_STATE_IN_FLIGHT {
+		d = s.settle(ctx, []string{req.GetId()})[0]
+	}
 	return &trackerv1.AbortResponse{Delivery: d}, nil
+}
+
+// abortSettle bounds how long Abort waits for attempts in flight to end.
+const abortSettle = 5 * time.Second
+
+// settle waits, up to abortSettle, until none of the messages is IN_FLIGHT:
+// the abort already cancelled their provider calls (through the queue and
+// the plugin host), and answering only once they have ended means nothing
+// reaches a provider after the abort is acknowledged. It returns the
+// messages' deliveries as it leaves them.
+func (s *Service) settle(ctx context.Context, ids []string) []*storev1.Delivery {
+	ctx, cancel := context.WithTimeout(ctx, abortSettle)
+	defer cancel()
+	out := make([]*storev1.Delivery, len(ids))
+	for {
+		seq := s.store.LastEvent()
+		busy := false
+		for i, id := range ids {
+			_, d, _, err := s.store.Get(id)
+			if err != nil {
+				continue
+			}
+			out[i] = d
+			busy = busy || d.GetState() == storev1.State_STATE_IN_FLIGHT
+		}
+		if !busy || s.store.WaitEvents(ctx, seq) != nil {
+			if busy {
+				s.log.Warn("abort answered while an attempt is still in flight; it will end ABORTED unless the provider confirms it", "error_code", "TRK_006")
+			}
+			return out
+		}
+	}
 }
 
 // ListDeadLetters implements trackerv1.TrackerServiceServer.
@@ -442,4 +510,32 @@ func (s *Service) CloseReply(ctx context.Context, req *trackerv1.CloseReplyReque
 		return nil, s.toStatus("close reply", err)
 	}
 	return &trackerv1.ReplyResponse{Reply: r}, nil
+}
+
+// RecoveryStatus implements trackerv1.TrackerServiceServer.
+func (s *Service) RecoveryStatus(ctx context.Context, req *trackerv1.RecoveryStatusRequest) (*trackerv1.RecoveryStatusResponse, error) {
+	limit := int(req.GetLimit())
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, maxHistory)
+	p, err := s.store.RecoveryPlan(req.GetList(), limit)
+	if err != nil {
+		return nil, s.toStatus("recovery status", err)
+	}
+	resp := &trackerv1.RecoveryStatusResponse{
+		Due: int64(p.Due), InFlight: int64(p.InFlight), Blocked: int64(p.Blocked),
+		Unknown: map[string]int64{}, AbortedExcluded: p.AbortedExcluded,
+	}
+	for k, n := range p.Unknown {
+		resp.Unknown[k] = int64(n)
+	}
+	for _, it := range p.Items {
+		var at int64
+		if !it.At.IsZero() {
+			at = it.At.UnixNano()
+		}
+		resp.Items = append(resp.Items, &trackerv1.RecoveryItem{Id: it.ID, Channel: it.Channel, Kind: it.Kind, AtUnixNano: at, Action: it.Action})
+	}
+	return resp, nil
 }

@@ -1,0 +1,102 @@
+package store
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/google/btree"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// PlanItem is one message recovery would act on, and why.
+type PlanItem struct {
+	ID      string
+	Channel string
+	Kind    string // due, in_flight, unknown, blocked
+	At      time.Time
+	Action  string
+}
+
+// Plan is what recovery would do now, from the recovery index alone.
+type Plan struct {
+	Due, InFlight, Blocked int
+	// Unknown counts UNKNOWN messages by the policy that will decide them.
+	Unknown map[string]int
+	// AbortedExcluded is the number of ABORTED messages: never in the index,
+	// never sent again.
+	AbortedExcluded int64
+	Items           []PlanItem
+}
+
+func policyName(p UnknownPolicy) string {
+	switch p {
+	case PolicyRedeliver:
+		return "redeliver"
+	case PolicyReconcile:
+		return "reconcile"
+	}
+	return "fail"
+}
+
+// RecoveryPlan reports what recovery would do right now: messages due to be
+// sent, leases that will expire into the unknown-outcome policy, unknown
+// outcomes by policy, and messages waiting behind their conversation's head.
+// It reads the recovery index, never a status filter. With list, up to limit
+// items name each message and the reason.
+func (s *Store) RecoveryPlan(list bool, limit int) (Plan, error) {
+	now := s.now()
+	p := Plan{Unknown: map[string]int{}}
+	add := func(it PlanItem) {
+		if list && len(p.Items) < limit {
+			p.Items = append(p.Items, it)
+		}
+	}
+	s.index.mu.Lock()
+	p.Due, p.InFlight, p.Blocked = s.index.due.Len(), s.index.leased.Len(), s.index.blocked
+	walk := func(t *btree.BTreeG[entry], fn func(entry)) { t.Ascend(func(e entry) bool { fn(e); return true }) }
+	walk(s.index.due, func(e entry) {
+		action := "send now"
+		if at := time.Unix(0, e.at); at.After(now) {
+			action = fmt.Sprintf("send at %s (retry backoff)", at.UTC().Format(time.RFC3339))
+		}
+		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "due", At: time.Unix(0, e.at), Action: action})
+	})
+	walk(s.index.leased, func(e entry) {
+		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "in_flight", At: time.Unix(0, e.at),
+			Action: fmt.Sprintf("await the outcome; if the lease expires: %s", policyName(s.policy(e.channel)))})
+	})
+	walk(s.index.unknown, func(e entry) {
+		name := policyName(s.policy(e.channel))
+		p.Unknown[name]++
+		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "unknown", At: time.Unix(0, e.at), Action: "outcome unknown: " + name})
+	})
+	s.index.mu.Unlock()
+	if list && len(p.Items) < limit {
+		lower := []byte{prefixRecovery, recoveryBlocked}
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+		if err != nil {
+			return p, err
+		}
+		for ok := it.First(); ok && len(p.Items) < limit; ok = it.Next() {
+			_, _, id, err := parseRecoveryKey(it.Key())
+			if err != nil {
+				it.Close()
+				return p, err
+			}
+			v, _ := it.ValueAndErr()
+			ch, _, _, _ := parseRecoveryValue(v)
+			add(PlanItem{ID: id, Channel: ch, Kind: "blocked", Action: "send after the earlier messages of its conversation"})
+		}
+		if err := it.Close(); err != nil {
+			return p, err
+		}
+	}
+	counts, err := s.Counts()
+	if err != nil {
+		return p, err
+	}
+	p.AbortedExcluded = counts[storev1.State_STATE_ABORTED]
+	return p, nil
+}
