@@ -14,7 +14,7 @@ BUF_VERSION              := v1.75.0
 PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build run test test-short bench bench-peers lint vet fmt generate checkgenerate tools clean
+.PHONY: all build run test test-short bench lint vet fmt generate checkgenerate tools clean
 
 all: build
 
