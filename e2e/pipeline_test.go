@@ -139,3 +139,53 @@ func TestPipelineIdempotentSend(t *testing.T) {
 		t.Fatalf("delivered %d times, want 1", n)
 	}
 }
+
+// Consecutive failures mark a channel degraded where an operator looks
+// (ListChannels, herald plugins, herald status); one success heals it.
+func TestChannelDegradesAndHeals(t *testing.T) {
+	tracker := trackertest.Start(t, "mock")
+	host := pluginstest.Start(t, tracker)
+	queuetest.Start(t, tracker, host.Addr)
+	conn, err := grpc.NewClient(gatewaytest.StartWithPlugins(t, tracker, host.Addr, nil), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	gw := gatewayv1.NewGatewayServiceClient(conn)
+	ctx := context.Background()
+	health := func() (bool, uint32) {
+		resp, err := gw.ListChannels(ctx, &gatewayv1.ListChannelsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range resp.GetChannels() {
+			if c.GetName() == "mock" {
+				return c.GetHealthy(), c.GetConsecutiveFailures()
+			}
+		}
+		t.Fatal("no mock channel listed")
+		return false, 0
+	}
+	for i := range 3 {
+		if _, err := gw.Send(ctx, &gatewayv1.SendRequest{Channel: "mock", Recipient: "fail:permanent", Conversation: fmt.Sprint("d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ok, _ := health(); ok && time.Now().Before(deadline); ok, _ = health() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ok, n := health(); ok || n < 3 {
+		t.Fatalf("after 3 failures: healthy=%v failures=%d, want degraded", ok, n)
+	}
+	if _, err := gw.Send(ctx, &gatewayv1.SendRequest{Channel: "mock", Recipient: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for ok, _ := health(); !ok && time.Now().Before(deadline); ok, _ = health() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ok, _ := health(); !ok {
+		t.Fatal("one success did not mark the channel healthy again")
+	}
+}

@@ -98,7 +98,7 @@ func newRootCmd(a *app, getenv func(string) string) *cobra.Command {
 	})
 
 	root.AddCommand(newSendCmd(a), newGetCmd(a), newHistoryCmd(a), newStatusCmd(a), newEventsCmd(a),
-		newAbortCmd(a), newDLQCmd(a), newBackupCmd(a), newStateCmd(a), newTraceCmd(a, getenv), newRecoveryCmd(a))
+		newAbortCmd(a), newDLQCmd(a), newBackupCmd(a), newStateCmd(a), newTraceCmd(a, getenv), newRecoveryCmd(a), newPluginsCmd(a))
 	return root
 }
 

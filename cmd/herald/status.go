@@ -54,6 +54,14 @@ func newStatusCmd(a *app) *cobra.Command {
 			}
 			fmt.Fprintln(tw)
 			fmt.Fprintf(tw, "recovery index:\t%d\n", resp.GetRecoveryIndexSize())
+			// Degraded channels, best effort: the plugin host may be down.
+			if ch, err := client.ListChannels(ctx, &gatewayv1.ListChannelsRequest{}); err == nil {
+				for _, c := range ch.GetChannels() {
+					if !c.GetHealthy() {
+						fmt.Fprintf(tw, "channel %s:\tDEGRADED (%d consecutive failures)\n", c.GetName(), c.GetConsecutiveFailures())
+					}
+				}
+			}
 			return tw.Flush()
 		},
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	"github.com/heraldchat/herald/pkg/telemetry"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/gateway/internal/gateway"
 )
@@ -188,6 +189,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			{Name: "queue", Address: cfg.queue, Health: healthpb.NewHealthClient(queueConn)},
 			{Name: "plugins", Address: cfg.plugins, Health: healthpb.NewHealthClient(pluginsConn)},
 		},
+		Plugins: pluginsv1.NewPluginHostServiceClient(pluginsConn),
 		Address: srv.Addr(),
 		Logger:  logger,
 		Metrics: metrics,

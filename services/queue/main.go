@@ -70,10 +70,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	var maxAttempts uint
 	fs.UintVar(&maxAttempts, "retry-max-attempts", 10, "attempts before a message is dead-lettered")
 	fs.DurationVar(&cfg.DefaultRetry.MaxAge, "retry-max-age", 24*time.Hour, "age after which a failing message is dead-lettered")
+	var channelRetry []string
+	fs.Func("channel-retry", "per-channel retry policy, repeatable: CHANNEL:initial=2s,multiplier=2,max=1m,attempts=5,max-age=1h (unset keys take the --retry-* defaults)",
+		func(v string) error { channelRetry = append(channelRetry, v); return nil })
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg.DefaultRetry.MaxAttempts = uint32(maxAttempts)
+	cfg.Retry = map[string]queue.RetryPolicy{}
+	for _, v := range channelRetry {
+		ch, p, err := queue.ParseRetryPolicy(v, cfg.DefaultRetry)
+		if err != nil {
+			return fmt.Errorf("--channel-retry %q: %w", v, err)
+		}
+		cfg.Retry[ch] = p
+	}
 	if cfg.LeaseDuration != 0 && cfg.LeaseDuration <= cfg.DeliverTimeout {
 		return fmt.Errorf("--lease=%s must exceed --deliver-timeout=%s, or a slow delivery's lease expires while it runs", cfg.LeaseDuration, cfg.DeliverTimeout)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/heraldchat/herald/pkg/grpcclient"
 	"github.com/heraldchat/herald/pkg/grpcserver"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/gateway/internal/gateway"
 )
@@ -27,6 +28,12 @@ func Start(t testing.TB, trackerAddr string) string {
 // StartWithMetrics is Start with the gateway's metrics registered on reg
 // (nil registers them nowhere).
 func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registerer) string {
+	return StartWithPlugins(t, trackerAddr, "", reg)
+}
+
+// StartWithPlugins is Start with a plugin host (for ListChannels) when
+// pluginsAddr is not empty, and metrics on reg when it is not nil.
+func StartWithPlugins(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer) string {
 	t.Helper()
 	metrics, err := gateway.NewMetrics(reg)
 	if err != nil {
@@ -41,7 +48,16 @@ func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registere
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
 	}
-	svc, err := gateway.New(gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log, Metrics: metrics})
+	cfg := gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log, Metrics: metrics}
+	if pluginsAddr != "" {
+		pc, err := grpcclient.Dial(pluginsAddr)
+		if err != nil {
+			t.Fatalf("gatewaytest: %v", err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		cfg.Plugins = pluginsv1.NewPluginHostServiceClient(pc)
+	}
+	svc, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
 	}

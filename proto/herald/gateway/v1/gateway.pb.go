@@ -142,6 +142,154 @@ func (DeliveryState) EnumDescriptor() ([]byte, []int) {
 	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
+type ListChannelsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChannelsRequest) Reset() {
+	*x = ListChannelsRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChannelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChannelsRequest) ProtoMessage() {}
+
+func (x *ListChannelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChannelsRequest.ProtoReflect.Descriptor instead.
+func (*ListChannelsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+type Channel struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Name                string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Adapter             string                 `protobuf:"bytes,2,opt,name=adapter,proto3" json:"adapter,omitempty"`
+	Healthy             bool                   `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	ConsecutiveFailures uint32                 `protobuf:"varint,4,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *Channel) Reset() {
+	*x = Channel{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Channel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Channel) ProtoMessage() {}
+
+func (x *Channel) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Channel.ProtoReflect.Descriptor instead.
+func (*Channel) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Channel) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Channel) GetAdapter() string {
+	if x != nil {
+		return x.Adapter
+	}
+	return ""
+}
+
+func (x *Channel) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *Channel) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+type ListChannelsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channels      []*Channel             `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListChannelsResponse) Reset() {
+	*x = ListChannelsResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListChannelsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListChannelsResponse) ProtoMessage() {}
+
+func (x *ListChannelsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListChannelsResponse.ProtoReflect.Descriptor instead.
+func (*ListChannelsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListChannelsResponse) GetChannels() []*Channel {
+	if x != nil {
+		return x.Channels
+	}
+	return nil
+}
+
 type RecoveryStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	List          bool                   `protobuf:"varint,1,opt,name=list,proto3" json:"list,omitempty"`
@@ -152,7 +300,7 @@ type RecoveryStatusRequest struct {
 
 func (x *RecoveryStatusRequest) Reset() {
 	*x = RecoveryStatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -164,7 +312,7 @@ func (x *RecoveryStatusRequest) String() string {
 func (*RecoveryStatusRequest) ProtoMessage() {}
 
 func (x *RecoveryStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[0]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -177,7 +325,7 @@ func (x *RecoveryStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryStatusRequest.ProtoReflect.Descriptor instead.
 func (*RecoveryStatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RecoveryStatusRequest) GetList() bool {
@@ -207,7 +355,7 @@ type RecoveryItem struct {
 
 func (x *RecoveryItem) Reset() {
 	*x = RecoveryItem{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +367,7 @@ func (x *RecoveryItem) String() string {
 func (*RecoveryItem) ProtoMessage() {}
 
 func (x *RecoveryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +380,7 @@ func (x *RecoveryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryItem.ProtoReflect.Descriptor instead.
 func (*RecoveryItem) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RecoveryItem) GetId() string {
@@ -284,7 +432,7 @@ type RecoveryStatusResponse struct {
 
 func (x *RecoveryStatusResponse) Reset() {
 	*x = RecoveryStatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +444,7 @@ func (x *RecoveryStatusResponse) String() string {
 func (*RecoveryStatusResponse) ProtoMessage() {}
 
 func (x *RecoveryStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +457,7 @@ func (x *RecoveryStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoveryStatusResponse.ProtoReflect.Descriptor instead.
 func (*RecoveryStatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RecoveryStatusResponse) GetDue() int64 {
@@ -371,7 +519,7 @@ type OpenReplyRequest struct {
 
 func (x *OpenReplyRequest) Reset() {
 	*x = OpenReplyRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +531,7 @@ func (x *OpenReplyRequest) String() string {
 func (*OpenReplyRequest) ProtoMessage() {}
 
 func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +544,7 @@ func (x *OpenReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplyRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OpenReplyRequest) GetTenant() string {
@@ -451,7 +599,7 @@ type OpenReplyResponse struct {
 
 func (x *OpenReplyResponse) Reset() {
 	*x = OpenReplyResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +611,7 @@ func (x *OpenReplyResponse) String() string {
 func (*OpenReplyResponse) ProtoMessage() {}
 
 func (x *OpenReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +624,7 @@ func (x *OpenReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplyResponse.ProtoReflect.Descriptor instead.
 func (*OpenReplyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OpenReplyResponse) GetReplyId() string {
@@ -504,7 +652,7 @@ type AppendChunkRequest struct {
 
 func (x *AppendChunkRequest) Reset() {
 	*x = AppendChunkRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +664,7 @@ func (x *AppendChunkRequest) String() string {
 func (*AppendChunkRequest) ProtoMessage() {}
 
 func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +677,7 @@ func (x *AppendChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendChunkRequest.ProtoReflect.Descriptor instead.
 func (*AppendChunkRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppendChunkRequest) GetReplyId() string {
@@ -565,7 +713,7 @@ type AppendChunkResponse struct {
 
 func (x *AppendChunkResponse) Reset() {
 	*x = AppendChunkResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +725,7 @@ func (x *AppendChunkResponse) String() string {
 func (*AppendChunkResponse) ProtoMessage() {}
 
 func (x *AppendChunkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +738,7 @@ func (x *AppendChunkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendChunkResponse.ProtoReflect.Descriptor instead.
 func (*AppendChunkResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AppendChunkResponse) GetId() string {
@@ -623,7 +771,7 @@ type CloseReplyRequest struct {
 
 func (x *CloseReplyRequest) Reset() {
 	*x = CloseReplyRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +783,7 @@ func (x *CloseReplyRequest) String() string {
 func (*CloseReplyRequest) ProtoMessage() {}
 
 func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +796,7 @@ func (x *CloseReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseReplyRequest.ProtoReflect.Descriptor instead.
 func (*CloseReplyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CloseReplyRequest) GetReplyId() string {
@@ -668,7 +816,7 @@ type CloseReplyResponse struct {
 
 func (x *CloseReplyResponse) Reset() {
 	*x = CloseReplyResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +828,7 @@ func (x *CloseReplyResponse) String() string {
 func (*CloseReplyResponse) ProtoMessage() {}
 
 func (x *CloseReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +841,7 @@ func (x *CloseReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseReplyResponse.ProtoReflect.Descriptor instead.
 func (*CloseReplyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CloseReplyResponse) GetState() ReplyState {
@@ -720,7 +868,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +880,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +893,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AbortRequest) GetId() string {
@@ -778,7 +926,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +938,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +951,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AbortResponse) GetState() DeliveryState {
@@ -853,7 +1001,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1013,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1026,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListDeadLettersRequest) GetChannel() string {
@@ -918,7 +1066,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1078,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1091,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListDeadLettersResponse) GetMessages() []*Message {
@@ -962,7 +1110,7 @@ type RedriveRequest struct {
 
 func (x *RedriveRequest) Reset() {
 	*x = RedriveRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1122,7 @@ func (x *RedriveRequest) String() string {
 func (*RedriveRequest) ProtoMessage() {}
 
 func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1135,7 @@ func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
 func (*RedriveRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RedriveRequest) GetId() string {
@@ -1006,7 +1154,7 @@ type RedriveResponse struct {
 
 func (x *RedriveResponse) Reset() {
 	*x = RedriveResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1166,7 @@ func (x *RedriveResponse) String() string {
 func (*RedriveResponse) ProtoMessage() {}
 
 func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1179,7 @@ func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
 func (*RedriveResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RedriveResponse) GetState() DeliveryState {
@@ -1050,7 +1198,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1210,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1223,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PurgeRequest) GetId() string {
@@ -1094,7 +1242,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1254,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1267,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PurgeResponse) GetState() DeliveryState {
@@ -1138,7 +1286,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1298,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[17]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1311,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BackupRequest) GetKeep() uint32 {
@@ -1182,7 +1330,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1342,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[18]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1355,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BackupResponse) GetPath() string {
@@ -1226,7 +1374,7 @@ type VerifyStateRequest struct {
 
 func (x *VerifyStateRequest) Reset() {
 	*x = VerifyStateRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1386,7 @@ func (x *VerifyStateRequest) String() string {
 func (*VerifyStateRequest) ProtoMessage() {}
 
 func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[19]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1399,7 @@ func (x *VerifyStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateRequest.ProtoReflect.Descriptor instead.
 func (*VerifyStateRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VerifyStateRequest) GetFull() bool {
@@ -1275,7 +1423,7 @@ type VerifyStateResponse struct {
 
 func (x *VerifyStateResponse) Reset() {
 	*x = VerifyStateResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1435,7 @@ func (x *VerifyStateResponse) String() string {
 func (*VerifyStateResponse) ProtoMessage() {}
 
 func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[20]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1448,7 @@ func (x *VerifyStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyStateResponse.ProtoReflect.Descriptor instead.
 func (*VerifyStateResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *VerifyStateResponse) GetCounts() map[string]int64 {
@@ -1368,7 +1516,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1528,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[21]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1541,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SendRequest) GetTenant() string {
@@ -1465,7 +1613,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1625,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[22]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1638,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SendResponse) GetId() string {
@@ -1530,7 +1678,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1690,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[23]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1703,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1592,7 +1740,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1752,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[24]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1765,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Message) GetId() string {
@@ -1766,7 +1914,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1926,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[25]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1939,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -1888,7 +2036,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2048,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2061,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetMessageResponse) GetMessage() *Message {
@@ -1945,7 +2093,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2105,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2118,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -2017,7 +2165,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2177,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2190,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -2063,7 +2211,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2223,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2236,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -2120,7 +2268,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2280,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2293,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 type ServiceStatus struct {
@@ -2161,7 +2309,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2321,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2334,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -2228,7 +2376,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2388,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2401,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatusResponse) GetServices() []*ServiceStatus {
@@ -2281,7 +2429,15 @@ var File_herald_gateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n" +
+	"\x1fherald/gateway/v1/gateway.proto\x12\x11herald.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n" +
+	"\x13ListChannelsRequest\"\x84\x01\n" +
+	"\aChannel\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aadapter\x18\x02 \x01(\tR\aadapter\x12\x18\n" +
+	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x121\n" +
+	"\x14consecutive_failures\x18\x04 \x01(\rR\x13consecutiveFailures\"N\n" +
+	"\x14ListChannelsResponse\x126\n" +
+	"\bchannels\x18\x01 \x03(\v2\x1a.herald.gateway.v1.ChannelR\bchannels\"A\n" +
 	"\x15RecoveryStatusRequest\x12\x12\n" +
 	"\x04list\x18\x01 \x01(\bR\x04list\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x90\x01\n" +
@@ -2470,8 +2626,7 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x04\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16DELIVERY_STATE_ABORTED\x10\x06\x12\x1a\n" +
-	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xa0\n" +
-	"\n" +
+	"\x16DELIVERY_STATE_EXPIRED\x10\a2\x81\v\n" +
 	"\x0eGatewayService\x12G\n" +
 	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12Y\n" +
 	"\n" +
@@ -2489,7 +2644,8 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\vAppendChunk\x12%.herald.gateway.v1.AppendChunkRequest\x1a&.herald.gateway.v1.AppendChunkResponse\x12Y\n" +
 	"\n" +
 	"CloseReply\x12$.herald.gateway.v1.CloseReplyRequest\x1a%.herald.gateway.v1.CloseReplyResponse\x12e\n" +
-	"\x0eRecoveryStatus\x12(.herald.gateway.v1.RecoveryStatusRequest\x1a).herald.gateway.v1.RecoveryStatusResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
+	"\x0eRecoveryStatus\x12(.herald.gateway.v1.RecoveryStatusRequest\x1a).herald.gateway.v1.RecoveryStatusResponse\x12_\n" +
+	"\fListChannels\x12&.herald.gateway.v1.ListChannelsRequest\x1a'.herald.gateway.v1.ListChannelsResponseB@Z>github.com/heraldchat/herald/proto/herald/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_herald_gateway_v1_gateway_proto_rawDescOnce sync.Once
@@ -2504,113 +2660,119 @@ func file_herald_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_herald_gateway_v1_gateway_proto_goTypes = []any{
 	(ReplyState)(0),                 // 0: herald.gateway.v1.ReplyState
 	(DeliveryState)(0),              // 1: herald.gateway.v1.DeliveryState
-	(*RecoveryStatusRequest)(nil),   // 2: herald.gateway.v1.RecoveryStatusRequest
-	(*RecoveryItem)(nil),            // 3: herald.gateway.v1.RecoveryItem
-	(*RecoveryStatusResponse)(nil),  // 4: herald.gateway.v1.RecoveryStatusResponse
-	(*OpenReplyRequest)(nil),        // 5: herald.gateway.v1.OpenReplyRequest
-	(*OpenReplyResponse)(nil),       // 6: herald.gateway.v1.OpenReplyResponse
-	(*AppendChunkRequest)(nil),      // 7: herald.gateway.v1.AppendChunkRequest
-	(*AppendChunkResponse)(nil),     // 8: herald.gateway.v1.AppendChunkResponse
-	(*CloseReplyRequest)(nil),       // 9: herald.gateway.v1.CloseReplyRequest
-	(*CloseReplyResponse)(nil),      // 10: herald.gateway.v1.CloseReplyResponse
-	(*AbortRequest)(nil),            // 11: herald.gateway.v1.AbortRequest
-	(*AbortResponse)(nil),           // 12: herald.gateway.v1.AbortResponse
-	(*ListDeadLettersRequest)(nil),  // 13: herald.gateway.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 14: herald.gateway.v1.ListDeadLettersResponse
-	(*RedriveRequest)(nil),          // 15: herald.gateway.v1.RedriveRequest
-	(*RedriveResponse)(nil),         // 16: herald.gateway.v1.RedriveResponse
-	(*PurgeRequest)(nil),            // 17: herald.gateway.v1.PurgeRequest
-	(*PurgeResponse)(nil),           // 18: herald.gateway.v1.PurgeResponse
-	(*BackupRequest)(nil),           // 19: herald.gateway.v1.BackupRequest
-	(*BackupResponse)(nil),          // 20: herald.gateway.v1.BackupResponse
-	(*VerifyStateRequest)(nil),      // 21: herald.gateway.v1.VerifyStateRequest
-	(*VerifyStateResponse)(nil),     // 22: herald.gateway.v1.VerifyStateResponse
-	(*SendRequest)(nil),             // 23: herald.gateway.v1.SendRequest
-	(*SendResponse)(nil),            // 24: herald.gateway.v1.SendResponse
-	(*GetMessageRequest)(nil),       // 25: herald.gateway.v1.GetMessageRequest
-	(*Message)(nil),                 // 26: herald.gateway.v1.Message
-	(*Event)(nil),                   // 27: herald.gateway.v1.Event
-	(*GetMessageResponse)(nil),      // 28: herald.gateway.v1.GetMessageResponse
-	(*HistoryRequest)(nil),          // 29: herald.gateway.v1.HistoryRequest
-	(*HistoryResponse)(nil),         // 30: herald.gateway.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),      // 31: herald.gateway.v1.WatchEventsRequest
-	(*StatusRequest)(nil),           // 32: herald.gateway.v1.StatusRequest
-	(*ServiceStatus)(nil),           // 33: herald.gateway.v1.ServiceStatus
-	(*StatusResponse)(nil),          // 34: herald.gateway.v1.StatusResponse
-	nil,                             // 35: herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
-	nil,                             // 36: herald.gateway.v1.VerifyStateResponse.CountsEntry
-	nil,                             // 37: herald.gateway.v1.SendRequest.MetadataEntry
-	nil,                             // 38: herald.gateway.v1.Message.MetadataEntry
-	nil,                             // 39: herald.gateway.v1.StatusResponse.CountsEntry
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*ListChannelsRequest)(nil),     // 2: herald.gateway.v1.ListChannelsRequest
+	(*Channel)(nil),                 // 3: herald.gateway.v1.Channel
+	(*ListChannelsResponse)(nil),    // 4: herald.gateway.v1.ListChannelsResponse
+	(*RecoveryStatusRequest)(nil),   // 5: herald.gateway.v1.RecoveryStatusRequest
+	(*RecoveryItem)(nil),            // 6: herald.gateway.v1.RecoveryItem
+	(*RecoveryStatusResponse)(nil),  // 7: herald.gateway.v1.RecoveryStatusResponse
+	(*OpenReplyRequest)(nil),        // 8: herald.gateway.v1.OpenReplyRequest
+	(*OpenReplyResponse)(nil),       // 9: herald.gateway.v1.OpenReplyResponse
+	(*AppendChunkRequest)(nil),      // 10: herald.gateway.v1.AppendChunkRequest
+	(*AppendChunkResponse)(nil),     // 11: herald.gateway.v1.AppendChunkResponse
+	(*CloseReplyRequest)(nil),       // 12: herald.gateway.v1.CloseReplyRequest
+	(*CloseReplyResponse)(nil),      // 13: herald.gateway.v1.CloseReplyResponse
+	(*AbortRequest)(nil),            // 14: herald.gateway.v1.AbortRequest
+	(*AbortResponse)(nil),           // 15: herald.gateway.v1.AbortResponse
+	(*ListDeadLettersRequest)(nil),  // 16: herald.gateway.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 17: herald.gateway.v1.ListDeadLettersResponse
+	(*RedriveRequest)(nil),          // 18: herald.gateway.v1.RedriveRequest
+	(*RedriveResponse)(nil),         // 19: herald.gateway.v1.RedriveResponse
+	(*PurgeRequest)(nil),            // 20: herald.gateway.v1.PurgeRequest
+	(*PurgeResponse)(nil),           // 21: herald.gateway.v1.PurgeResponse
+	(*BackupRequest)(nil),           // 22: herald.gateway.v1.BackupRequest
+	(*BackupResponse)(nil),          // 23: herald.gateway.v1.BackupResponse
+	(*VerifyStateRequest)(nil),      // 24: herald.gateway.v1.VerifyStateRequest
+	(*VerifyStateResponse)(nil),     // 25: herald.gateway.v1.VerifyStateResponse
+	(*SendRequest)(nil),             // 26: herald.gateway.v1.SendRequest
+	(*SendResponse)(nil),            // 27: herald.gateway.v1.SendResponse
+	(*GetMessageRequest)(nil),       // 28: herald.gateway.v1.GetMessageRequest
+	(*Message)(nil),                 // 29: herald.gateway.v1.Message
+	(*Event)(nil),                   // 30: herald.gateway.v1.Event
+	(*GetMessageResponse)(nil),      // 31: herald.gateway.v1.GetMessageResponse
+	(*HistoryRequest)(nil),          // 32: herald.gateway.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 33: herald.gateway.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),      // 34: herald.gateway.v1.WatchEventsRequest
+	(*StatusRequest)(nil),           // 35: herald.gateway.v1.StatusRequest
+	(*ServiceStatus)(nil),           // 36: herald.gateway.v1.ServiceStatus
+	(*StatusResponse)(nil),          // 37: herald.gateway.v1.StatusResponse
+	nil,                             // 38: herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	nil,                             // 39: herald.gateway.v1.VerifyStateResponse.CountsEntry
+	nil,                             // 40: herald.gateway.v1.SendRequest.MetadataEntry
+	nil,                             // 41: herald.gateway.v1.Message.MetadataEntry
+	nil,                             // 42: herald.gateway.v1.StatusResponse.CountsEntry
+	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
 }
 var file_herald_gateway_v1_gateway_proto_depIdxs = []int32{
-	40, // 0: herald.gateway.v1.RecoveryItem.at:type_name -> google.protobuf.Timestamp
-	35, // 1: herald.gateway.v1.RecoveryStatusResponse.unknown:type_name -> herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
-	3,  // 2: herald.gateway.v1.RecoveryStatusResponse.items:type_name -> herald.gateway.v1.RecoveryItem
-	0,  // 3: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
-	1,  // 4: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	0,  // 5: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
-	1,  // 6: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	0,  // 7: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
-	40, // 8: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
-	26, // 9: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
-	1,  // 10: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	1,  // 11: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	36, // 12: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
-	37, // 13: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
-	1,  // 14: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	38, // 15: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
-	1,  // 16: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
-	40, // 17: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
-	40, // 18: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	40, // 19: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
-	40, // 20: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 21: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
-	26, // 22: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
-	27, // 23: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
-	26, // 24: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
-	33, // 25: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
-	39, // 26: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
-	23, // 27: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
-	25, // 28: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
-	29, // 29: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
-	31, // 30: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
-	32, // 31: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
-	11, // 32: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
-	13, // 33: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
-	15, // 34: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
-	17, // 35: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
-	19, // 36: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
-	21, // 37: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
-	5,  // 38: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
-	7,  // 39: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
-	9,  // 40: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
-	2,  // 41: herald.gateway.v1.GatewayService.RecoveryStatus:input_type -> herald.gateway.v1.RecoveryStatusRequest
-	24, // 42: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
-	28, // 43: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
-	30, // 44: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
-	27, // 45: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
-	34, // 46: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
-	12, // 47: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
-	14, // 48: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
-	16, // 49: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
-	18, // 50: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
-	20, // 51: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
-	22, // 52: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
-	6,  // 53: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
-	8,  // 54: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
-	10, // 55: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
-	4,  // 56: herald.gateway.v1.GatewayService.RecoveryStatus:output_type -> herald.gateway.v1.RecoveryStatusResponse
-	42, // [42:57] is the sub-list for method output_type
-	27, // [27:42] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	3,  // 0: herald.gateway.v1.ListChannelsResponse.channels:type_name -> herald.gateway.v1.Channel
+	43, // 1: herald.gateway.v1.RecoveryItem.at:type_name -> google.protobuf.Timestamp
+	38, // 2: herald.gateway.v1.RecoveryStatusResponse.unknown:type_name -> herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	6,  // 3: herald.gateway.v1.RecoveryStatusResponse.items:type_name -> herald.gateway.v1.RecoveryItem
+	0,  // 4: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 5: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 6: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
+	1,  // 7: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	0,  // 8: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
+	43, // 9: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	29, // 10: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
+	1,  // 11: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	1,  // 12: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	39, // 13: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
+	40, // 14: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
+	1,  // 15: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
+	41, // 16: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
+	1,  // 17: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
+	43, // 18: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
+	43, // 19: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 20: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
+	43, // 21: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 22: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
+	29, // 23: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
+	30, // 24: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
+	29, // 25: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
+	36, // 26: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
+	42, // 27: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
+	26, // 28: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
+	28, // 29: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
+	32, // 30: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
+	34, // 31: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
+	35, // 32: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
+	14, // 33: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
+	16, // 34: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
+	18, // 35: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
+	20, // 36: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
+	22, // 37: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
+	24, // 38: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
+	8,  // 39: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
+	10, // 40: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
+	12, // 41: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
+	5,  // 42: herald.gateway.v1.GatewayService.RecoveryStatus:input_type -> herald.gateway.v1.RecoveryStatusRequest
+	2,  // 43: herald.gateway.v1.GatewayService.ListChannels:input_type -> herald.gateway.v1.ListChannelsRequest
+	27, // 44: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
+	31, // 45: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
+	33, // 46: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
+	30, // 47: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
+	37, // 48: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
+	15, // 49: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
+	17, // 50: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
+	19, // 51: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
+	21, // 52: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
+	23, // 53: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
+	25, // 54: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
+	9,  // 55: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
+	11, // 56: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
+	13, // 57: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
+	7,  // 58: herald.gateway.v1.GatewayService.RecoveryStatus:output_type -> herald.gateway.v1.RecoveryStatusResponse
+	4,  // 59: herald.gateway.v1.GatewayService.ListChannels:output_type -> herald.gateway.v1.ListChannelsResponse
+	44, // [44:60] is the sub-list for method output_type
+	28, // [28:44] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_herald_gateway_v1_gateway_proto_init() }
@@ -2624,7 +2786,7 @@ func file_herald_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_gateway_v1_gateway_proto_rawDesc), len(file_herald_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,7 @@ const (
 	GatewayService_AppendChunk_FullMethodName     = "/herald.gateway.v1.GatewayService/AppendChunk"
 	GatewayService_CloseReply_FullMethodName      = "/herald.gateway.v1.GatewayService/CloseReply"
 	GatewayService_RecoveryStatus_FullMethodName  = "/herald.gateway.v1.GatewayService/RecoveryStatus"
+	GatewayService_ListChannels_FullMethodName    = "/herald.gateway.v1.GatewayService/ListChannels"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -110,6 +111,10 @@ type GatewayServiceClient interface {
 	// the aborted ones it excludes; with list, each message and why.
 	// Idempotent; changes nothing.
 	RecoveryStatus(ctx context.Context, in *RecoveryStatusRequest, opts ...grpc.CallOption) (*RecoveryStatusResponse, error)
+	// ListChannels reports the plugin host's channels, their adapters and
+	// health (degraded after consecutive failures). Idempotent.
+	// Errors: UNAVAILABLE (the plugin host does not answer).
+	ListChannels(ctx context.Context, in *ListChannelsRequest, opts ...grpc.CallOption) (*ListChannelsResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -279,6 +284,16 @@ func (c *gatewayServiceClient) RecoveryStatus(ctx context.Context, in *RecoveryS
 	return out, nil
 }
 
+func (c *gatewayServiceClient) ListChannels(ctx context.Context, in *ListChannelsRequest, opts ...grpc.CallOption) (*ListChannelsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListChannelsResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListChannels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -350,6 +365,10 @@ type GatewayServiceServer interface {
 	// the aborted ones it excludes; with list, each message and why.
 	// Idempotent; changes nothing.
 	RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error)
+	// ListChannels reports the plugin host's channels, their adapters and
+	// health (degraded after consecutive failures). Idempotent.
+	// Errors: UNAVAILABLE (the plugin host does not answer).
+	ListChannels(context.Context, *ListChannelsRequest) (*ListChannelsResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -404,6 +423,9 @@ func (UnimplementedGatewayServiceServer) CloseReply(context.Context, *CloseReply
 }
 func (UnimplementedGatewayServiceServer) RecoveryStatus(context.Context, *RecoveryStatusRequest) (*RecoveryStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecoveryStatus not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListChannels(context.Context, *ListChannelsRequest) (*ListChannelsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListChannels not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -689,6 +711,24 @@ func _GatewayService_RecoveryStatus_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_ListChannels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListChannelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListChannels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListChannels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListChannels(ctx, req.(*ListChannelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -751,6 +791,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecoveryStatus",
 			Handler:    _GatewayService_RecoveryStatus_Handler,
+		},
+		{
+			MethodName: "ListChannels",
+			Handler:    _GatewayService_ListChannels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
@@ -45,6 +46,8 @@ type Peer struct {
 type Config struct {
 	// Tracker is the tracker's API; the gateway's only source of truth.
 	Tracker trackerv1.TrackerServiceClient
+	// Plugins answers ListChannels; nil makes it UNAVAILABLE.
+	Plugins pluginsv1.PluginHostServiceClient
 	// Peers are checked by Status, in this order, after the gateway itself.
 	Peers []Peer
 	// Address is the gateway's own listening address, shown by Status.
@@ -69,6 +72,7 @@ type Service struct {
 	gatewayv1.UnimplementedGatewayServiceServer
 
 	tracker       trackerv1.TrackerServiceClient
+	plugins       pluginsv1.PluginHostServiceClient
 	peers         []Peer
 	address       string
 	log           *slog.Logger
@@ -89,6 +93,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		tracker:       cfg.Tracker,
+		plugins:       cfg.Plugins,
 		peers:         cfg.Peers,
 		address:       cfg.Address,
 		log:           cfg.Logger,

@@ -8,9 +8,12 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
+	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
@@ -119,6 +122,25 @@ func (s *Service) RecoveryStatus(ctx context.Context, req *gatewayv1.RecoverySta
 			item.At = timestamppb.New(time.Unix(0, n))
 		}
 		out.Items = append(out.Items, item)
+	}
+	return out, nil
+}
+
+// ListChannels reports the plugin host's channels and their health.
+func (s *Service) ListChannels(ctx context.Context, _ *gatewayv1.ListChannelsRequest) (*gatewayv1.ListChannelsResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
+	if s.plugins == nil {
+		return nil, status.Error(codes.Unavailable, "this gateway has no plugin host configured: start it with --plugins")
+	}
+	resp, err := s.plugins.ListChannels(ctx, &pluginsv1.ListChannelsRequest{})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "the plugin host does not answer (%v): is it running?", status.Code(err))
+	}
+	out := &gatewayv1.ListChannelsResponse{}
+	for _, c := range resp.GetChannels() {
+		out.Channels = append(out.Channels, &gatewayv1.Channel{Name: c.GetName(), Adapter: c.GetAdapter(), Healthy: c.GetHealthy(), ConsecutiveFailures: c.GetConsecutiveFailures()})
 	}
 	return out, nil
 }
