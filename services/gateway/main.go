@@ -128,7 +128,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger := telemetry.NewLogger(stderr, "gateway", cfg.logLevel)
 
-	shutdownTelemetry, err := telemetry.Setup(ctx, "gateway")
+	shutdownTelemetry, err := telemetry.Setup(ctx, "herald-gateway")
 	if err != nil {
 		return fmt.Errorf("set up telemetry: %w", err)
 	}
