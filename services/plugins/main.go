@@ -53,6 +53,8 @@ type config struct {
 	slackBaseURL    string
 	webhookSecret   []byte // secret: never log or print
 	webhookSecrets  []webhook.EndpointSecret
+	// unhealthyAfter consecutive failures mark a channel degraded.
+	unhealthyAfter uint32
 }
 
 func parseFlags(args []string, getenv func(string) string) (config, error) {
@@ -73,6 +75,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 		"append each mock delivery as a JSON line to this file (env HERALD_MOCK_RECORD)")
 	logLevel := fs.String("log-level", env("HERALD_LOG_LEVEL", "info"),
 		"log level: debug, info, warn, error (env HERALD_LOG_LEVEL)")
+	unhealthy := fs.Uint("failure-notification-threshold", 3, "consecutive failed deliveries that mark a channel degraded")
 	tracker := fs.String("tracker", env("HERALD_TRACKER_ADDR", "127.0.0.1:7301"),
 		"tracker address, for reporting answers a dead queue could not (env HERALD_TRACKER_ADDR)")
 	grace := fs.String("grace", env("HERALD_PLUGINS_GRACE", "10s"),
@@ -108,7 +111,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	}
 
 	cfg := config{
-		listen: *listen, metrics: *metrics, mockRecord: *mockRecord, tracker: *tracker,
+		unhealthyAfter: uint32(*unhealthy),
+		listen:         *listen, metrics: *metrics, mockRecord: *mockRecord, tracker: *tracker,
 		telegramToken: *telegramToken, telegramBaseURL: *telegramBaseURL,
 		slackToken: *slackToken, slackBaseURL: *slackBaseURL,
 	}
@@ -263,10 +267,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	host, err := pluginhost.New(channels, pluginhost.Options{
-		Metrics:  metrics,
-		Logger:   logger,
-		Reporter: pluginhost.TrackerReporter{Client: trackerv1.NewTrackerServiceClient(tconn), Timeout: time.Minute},
-		Lifetime: lifetime,
+		Metrics:        metrics,
+		Logger:         logger,
+		Reporter:       pluginhost.TrackerReporter{Client: trackerv1.NewTrackerServiceClient(tconn), Timeout: time.Minute},
+		UnhealthyAfter: cfg.unhealthyAfter,
+		Lifetime:       lifetime,
 	})
 	if err != nil {
 		return fmt.Errorf("build plugin host: %w", err)

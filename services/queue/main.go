@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	var maxAttempts uint
 	fs.UintVar(&maxAttempts, "retry-max-attempts", 10, "attempts before a message is dead-lettered")
 	fs.DurationVar(&cfg.DefaultRetry.MaxAge, "retry-max-age", 24*time.Hour, "age after which a failing message is dead-lettered")
+	fs.IntVar(&cfg.FailureThreshold, "failure-notification-threshold", 3, "consecutive failures on a channel that emit a channel.unhealthy event")
 	var channelRetry []string
 	fs.Func("channel-retry", "per-channel retry policy, repeatable: CHANNEL:initial=2s,multiplier=2,max=1m,attempts=5,max-age=1h (unset keys take the --retry-* defaults)",
 		func(v string) error { channelRetry = append(channelRetry, v); return nil })

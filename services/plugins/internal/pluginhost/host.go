@@ -67,6 +67,9 @@ type Options struct {
 	// (host shutdown). A broken stream does not cancel calls. Nil means
 	// context.Background.
 	Lifetime context.Context
+	// UnhealthyAfter consecutive non-DELIVERED outcomes mark a channel
+	// degraded in ListChannels; default 3.
+	UnhealthyAfter uint32
 	// Metrics receives provider-call latencies, error counts and channel
 	// health; nil means metrics registered nowhere. A Metrics serves one
 	// Host.
@@ -88,6 +91,7 @@ type Host struct {
 	metrics        *Metrics
 	draining       chan struct{}
 	drainOnce      sync.Once
+	unhealthyAfter uint32
 }
 
 // Drain makes every Deliver stream answer what it has in flight and end.
@@ -115,6 +119,7 @@ func New(channels map[string]Adapter, opts Options) (*Host, error) {
 		lifetime:       opts.Lifetime,
 		channels:       make(map[string]*channel, len(channels)),
 		draining:       make(chan struct{}),
+		unhealthyAfter: opts.UnhealthyAfter,
 		metrics:        opts.Metrics,
 	}
 	if h.metrics == nil {
@@ -128,6 +133,9 @@ func New(channels map[string]Adapter, opts Options) (*Host, error) {
 	}
 	if h.defaultTimeout <= 0 {
 		h.defaultTimeout = DefaultTimeout
+	}
+	if h.unhealthyAfter == 0 {
+		h.unhealthyAfter = unhealthyAfter
 	}
 	if h.abandonAfter <= 0 {
 		h.abandonAfter = DefaultAbandonAfter
@@ -182,7 +190,7 @@ func (h *Host) ListChannels(context.Context, *pluginsv1.ListChannelsRequest) (*p
 		resp.Channels = append(resp.Channels, &pluginsv1.Channel{
 			Name:                name,
 			Adapter:             ch.adapter.Name(),
-			Healthy:             f < unhealthyAfter,
+			Healthy:             f < h.unhealthyAfter,
 			ConsecutiveFailures: f,
 		})
 	}

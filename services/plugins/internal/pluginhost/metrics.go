@@ -69,7 +69,7 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, name := range h.names {
 		v := 0.0
-		if h.channels[name].failures.Load() < unhealthyAfter {
+		if h.channels[name].failures.Load() < h.unhealthyAfter {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.m.healthyDesc, prometheus.GaugeValue, v, name)

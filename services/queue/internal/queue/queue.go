@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -455,12 +456,18 @@ func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint
 	}
 	j.span.SetAttributes(attribute.String("herald.outcome", r.GetOutcome().String()), attribute.String("herald.error_code", r.GetErrorCode()))
 	j.span.End()
-	if o.Result != trackerv1.Result_RESULT_DELIVERED && !j.notAttempted {
-		lvl := slog.LevelWarn
-		if o.Result == trackerv1.Result_RESULT_FAILED {
-			lvl = slog.LevelError
+	// The plugin host logs every provider failure once, with the provider's
+	// code. The queue logs what only it knows: answers it made up itself
+	// (the host went away or stayed silent) and a retryable failure it
+	// dead-letters because the attempts or the age ran out.
+	synthetic := strings.HasPrefix(r.GetErrorCode(), "QUE_")
+	exhausted := o.Result == trackerv1.Result_RESULT_FAILED && r.GetOutcome() == pluginsv1.Outcome_OUTCOME_RETRYABLE
+	if !j.notAttempted && (synthetic || exhausted) {
+		lvl, msg := slog.LevelWarn, "delivery outcome unknown: the plugin host did not answer"
+		if exhausted {
+			lvl, msg = slog.LevelError, "dead-lettered: retries exhausted"
 		}
-		q.log.Log(context.Background(), lvl, "delivery not confirmed", "message_id", o.MessageId, "channel", j.lease.GetMessage().GetChannel(),
+		q.log.Log(context.Background(), lvl, msg, "message_id", o.MessageId, "channel", j.lease.GetMessage().GetChannel(),
 			"attempt", j.lease.GetDelivery().GetAttempts(), "result", o.Result.String(), "error_code", o.ErrorCode, "detail", o.ErrorDetail)
 	}
 	q.outcomes <- report{o: o, c: c, reqID: reqID}
