@@ -313,6 +313,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		// into the unknown-outcome policy.
 		time.AfterFunc(cfg.grace, endLifetime)
 	}()
+	defer host.WaitReports() // bounded: endLifetime fires a grace period after the signal
 	if err := srv.Serve(ctx); err != nil {
 		return err
 	}

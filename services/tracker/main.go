@@ -46,6 +46,7 @@ type config struct {
 	sweep         time.Duration
 	backupDir     string
 	metrics       string // "" disables the metrics endpoint
+	drainTimeout  time.Duration
 }
 
 func parse(name string, args []string, getenv func(string) string) (config, *flag.FlagSet, error) {
@@ -66,6 +67,7 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_TRACKER_METRICS_LISTEN)")
 	fs.StringVar(&c.logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
 	fs.StringVar(&c.backupDir, "backup-dir", env("HERALD_BACKUP_DIR", ""), "folder for online backups (herald backup); default <data-dir>/../backups (env HERALD_BACKUP_DIR)")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, how long outcomes of deliveries under way may still be recorded (the tracker stops last)")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
 	fs.DurationVar(&c.sweep, "lease-sweep", 250*time.Millisecond, "how often expired leases are looked for")
 	if err := fs.Parse(args); err != nil {
@@ -161,7 +163,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	svc := tracker.New(st, log, now, c.backupDir)
 	trackerv1.RegisterTrackerServiceServer(srv.GRPC(), svc)
 
-	go func() { <-ctx.Done(); svc.Stop() }()
+	// On SIGTERM: NOT_SERVING at once, refuse new messages and leases, keep
+	// recording outcomes until they stop arriving, then stop serving.
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	go func() {
+		<-ctx.Done()
+		srv.SetServing(false)
+		svc.Stop()
+		svc.Drain(time.Second, c.drainTimeout)
+		stopServing()
+	}()
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -175,7 +187,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		fmt.Fprintf(stdout, "tracker metrics on http://%s/metrics\n", metricsSrv.Addr())
 	}
 	log.Info("serving", "addr", srv.Addr(), "metrics", metricsSrv.Addr())
-	if err := srv.Serve(ctx); err != nil {
+	if err := srv.Serve(serveCtx); err != nil {
 		return err
 	}
 	log.Info("stopped cleanly; store flushed and closed")
@@ -219,6 +231,9 @@ func printReport(w io.Writer, r store.Report) {
 	}
 	if r.Events > 0 {
 		fmt.Fprintf(w, "events: %d\n", r.Events)
+	}
+	if r.EventHoles > 0 {
+		fmt.Fprintf(w, "event sequence numbers left unused by a crash: %d (expected; not a problem)\n", r.EventHoles)
 	}
 	fmt.Fprintf(w, "state hash: %s\n", r.StateHash)
 	if len(r.Problems) == 0 {

@@ -87,6 +87,7 @@ func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registere
 		cancel()
 		<-done
 		endLifetime()
+		host.WaitReports()
 		wh.Close()
 		conn.Close()
 	})

@@ -630,7 +630,8 @@ func (x *Delivery) GetAbortRequested() bool {
 // Event is one entry of the event log and of a message's timeline.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Global, gap-free position in the event log.
+	// Global position in the event log: strictly increasing; a crash may
+	// leave holes where unacknowledged batches were lost.
 	Sequence     uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	TimeUnixNano int64  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	// message.accepted, delivery.leased, delivery.succeeded, delivery.retry,

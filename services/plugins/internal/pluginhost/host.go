@@ -92,7 +92,12 @@ type Host struct {
 	draining       chan struct{}
 	drainOnce      sync.Once
 	unhealthyAfter uint32
+	reports        sync.WaitGroup
 }
+
+// WaitReports waits until every report of unacknowledged answers has ended
+// (each is bounded by the host's lifetime).
+func (h *Host) WaitReports() { h.reports.Wait() }
 
 // Drain makes every Deliver stream answer what it has in flight and end.
 // Call it when shutdown starts.
@@ -229,7 +234,13 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 			orphans = append(orphans, o)
 		}
 		mu.Unlock()
-		h.report(orphans)
+		// Apart from the handler: the stream ends now, so the queue learns at
+		// once that its calls ended, even when the tracker is slow to answer.
+		h.reports.Add(1)
+		go func() {
+			defer h.reports.Done()
+			h.report(orphans)
+		}()
 	}()
 
 	// Recv runs apart so that the loop can also see the host draining.

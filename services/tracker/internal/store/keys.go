@@ -42,7 +42,9 @@ const (
 	prefixConvHistory byte = 0x08
 	// prefixRecipient | tenant | 0x00 | channel | 0x00 | recipient | 0x00 | id[26] → empty.
 	prefixRecipient byte = 0x09
-	// prefixEvent | seq[8] → storev1.Event. The global event log, gap-free.
+	// prefixEvent | seq[8] → storev1.Event. The global event log: sequences
+	// strictly increase; a crash may leave holes where unacknowledged
+	// batches were lost.
 	prefixEvent byte = 0x0a
 	// prefixTimeline | id[26] | seq[8] → storev1.Event. One message's events.
 	prefixTimeline byte = 0x0b

@@ -338,7 +338,7 @@ func mustMarshal(m proto.Message) []byte {
 
 // commit writes b with Sync. A failed commit means the disk refused a write
 // whose effects may be partly visible to Pebble's memtable; continuing could
-// break the event log's gap-free order, so the tracker stops (as etcd does).
+// break the event log's order, so the tracker stops (as etcd does).
 func (s *Store) commit(b *pebble.Batch) {
 	start := time.Now()
 	if err := b.Commit(pebble.Sync); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -40,6 +41,34 @@ type Service struct {
 	// streams end at once instead of holding the graceful stop.
 	stopping chan struct{}
 	stopOnce sync.Once
+	// lastReport is when the last outcome arrived (unix nanoseconds); the
+	// drain waits until outcomes stop arriving.
+	lastReport atomic.Int64
+}
+
+// Drain runs after Stop: new messages and leases are refused, but outcomes
+// of deliveries already under way are still recorded, until none has
+// arrived for quiet, or max has passed. The tracker stops last, so that a
+// queue and a plugin host stopping at the same time can report what they
+// did and nothing is re-sent after the restart.
+func (s *Service) Drain(quiet, max time.Duration) {
+	start := time.Now()
+	s.lastReport.Store(start.UnixNano())
+	for time.Since(start) < max {
+		if time.Since(time.Unix(0, s.lastReport.Load())) >= quiet {
+			return
+		}
+		time.Sleep(quiet / 10)
+	}
+	s.log.Warn("drain timeout: outcomes were still arriving; their leases expire into recovery", "error_code", "TRK_007")
+}
+
+// refuse answers UNAVAILABLE once shutdown has started.
+func (s *Service) refuse() error {
+	if isClosed(s.stopping) {
+		return status.Error(codes.Unavailable, "tracker is shutting down; nothing was written: retry after it restarts")
+	}
+	return nil
 }
 
 // Stop ends open long polls and event streams; call it when shutdown
@@ -61,6 +90,9 @@ func (s *Service) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*tr
 	if req.GetMessage() == nil {
 		return nil, status.Error(codes.InvalidArgument, "message is required")
 	}
+	if err := s.refuse(); err != nil {
+		return nil, err
+	}
 	a, err := s.store.Accept(req.GetMessage())
 	if err != nil {
 		return nil, s.toStatus("accept", err)
@@ -71,6 +103,9 @@ func (s *Service) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*tr
 // Lease implements trackerv1.TrackerServiceServer. It answers as soon as
 // something is leased, or empty when wait_ms passes with nothing due.
 func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trackerv1.LeaseResponse, error) {
+	if isClosed(s.stopping) {
+		return &trackerv1.LeaseResponse{}, nil // no new work while draining
+	}
 	batch := int(req.GetMax())
 	if batch <= 0 || batch > maxLeaseBatch {
 		batch = maxLeaseBatch
@@ -121,6 +156,7 @@ func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trac
 
 // Complete implements trackerv1.TrackerServiceServer.
 func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) (*trackerv1.CompleteResponse, error) {
+	s.lastReport.Store(time.Now().UnixNano())
 	if len(req.GetOutcomes()) > maxCompleteBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "%d outcomes in one call; send at most %d", len(req.GetOutcomes()), maxCompleteBatch)
 	}
@@ -495,6 +531,9 @@ func (s *Service) OpenReply(ctx context.Context, req *trackerv1.OpenReplyRequest
 func (s *Service) AppendChunk(ctx context.Context, req *trackerv1.AppendChunkRequest) (*trackerv1.AcceptResponse, error) {
 	if req.GetMessage() == nil {
 		return nil, status.Error(codes.InvalidArgument, "message is required")
+	}
+	if err := s.refuse(); err != nil {
+		return nil, err
 	}
 	a, err := s.store.AppendChunk(req.GetReplyId(), req.GetIndex(), req.GetMessage())
 	if err != nil {
