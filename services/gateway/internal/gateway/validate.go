@@ -225,7 +225,7 @@ func validateHistory(req *gatewayv1.HistoryRequest) (tenant string, limit uint32
 	conv, rcpt := req.GetConversation(), req.GetRecipient()
 	switch {
 	case conv == "" && rcpt == "":
-		v.add("conversation", "give either conversation or recipient (with its channel) to list history")
+		v.add("conversation", "give either conversation or recipient (optionally with its channel) to list history")
 	case conv != "" && rcpt != "":
 		v.add("conversation", "give either conversation or recipient, not both")
 	}

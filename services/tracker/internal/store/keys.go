@@ -40,7 +40,9 @@ const (
 	prefixConvActive byte = 0x07
 	// prefixConvHistory | tenant | 0x00 | conversation | 0x00 | seq[8] → id.
 	prefixConvHistory byte = 0x08
-	// prefixRecipient | tenant | 0x00 | channel | 0x00 | recipient | 0x00 | id[26] → empty.
+	// prefixRecipient | tenant | 0x00 | recipient | 0x00 | id[26] → empty.
+	// Ids are ULIDs, so a recipient's messages sort by acceptance time
+	// across channels.
 	prefixRecipient byte = 0x09
 	// prefixEvent | seq[8] → storev1.Event. The global event log: sequences
 	// strictly increase; a crash may leave holes where unacknowledged
@@ -172,12 +174,10 @@ func convSeqEntryKey(prefix byte, tenant, conversation string, seq uint64) []byt
 	return binary.BigEndian.AppendUint64(convPrefix(prefix, tenant, conversation), seq)
 }
 
-func recipientPrefix(tenant, channel, recipient string) []byte {
-	k := make([]byte, 0, 4+len(tenant)+len(channel)+len(recipient)+idLen)
+func recipientPrefix(tenant, recipient string) []byte {
+	k := make([]byte, 0, 3+len(tenant)+len(recipient)+idLen)
 	k = append(k, prefixRecipient)
 	k = append(k, tenant...)
-	k = append(k, 0)
-	k = append(k, channel...)
 	k = append(k, 0)
 	k = append(k, recipient...)
 	return append(k, 0)

@@ -126,7 +126,7 @@ func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, 
 	t.b.Set(convSeqKey(m.Tenant, m.Conversation), seqBytes(m.Sequence), nil)
 	t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
-	t.b.Set(append(recipientPrefix(m.Tenant, m.Channel, m.Recipient), m.Id...), nil, nil)
+	t.b.Set(append(recipientPrefix(m.Tenant, m.Recipient), m.Id...), nil, nil)
 	if extra != nil {
 		extra(t)
 	}

@@ -54,14 +54,24 @@ func (s *Store) ConversationHistory(tenant, conversation string, limit int) ([]L
 	return s.history(p, limit, func(k, v []byte) string { return string(v) })
 }
 
-// RecipientHistory returns up to limit messages sent to a recipient on a
-// channel, newest first.
+// RecipientHistory returns up to limit messages sent to a recipient, newest
+// first; with channel set, only that channel's.
 func (s *Store) RecipientHistory(tenant, channel, recipient string, limit int) ([]Leased, error) {
-	p := recipientPrefix(tenant, channel, recipient)
-	return s.history(p, limit, func(k, v []byte) string { return string(k[len(p):]) })
+	p := recipientPrefix(tenant, recipient)
+	var keep func(*storev1.Message) bool
+	if channel != "" {
+		keep = func(m *storev1.Message) bool { return m.GetChannel() == channel }
+	}
+	return s.historyWhere(p, limit, func(k, v []byte) string { return string(k[len(p):]) }, keep)
 }
 
 func (s *Store) history(p []byte, limit int, idOf func(k, v []byte) string) ([]Leased, error) {
+	return s.historyWhere(p, limit, idOf, nil)
+}
+
+// historyWhere walks the index under p newest first, keeping the messages
+// keep accepts (all when keep is nil), up to limit.
+func (s *Store) historyWhere(p []byte, limit int, idOf func(k, v []byte) string, keep func(*storev1.Message) bool) ([]Leased, error) {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
 		return nil, err
@@ -77,6 +87,9 @@ func (s *Store) history(p []byte, limit int, idOf func(k, v []byte) string) ([]L
 		m, err := s.getMessage(id)
 		if err != nil {
 			return nil, err
+		}
+		if keep != nil && !keep(m) {
+			continue
 		}
 		d, err := s.getDelivery(id)
 		if err != nil {

@@ -432,3 +432,24 @@ func TestClockJumpsReorderNothingLoseNothing(t *testing.T) {
 		t.Fatalf("verify: %v, delivered %d of 27", r.Problems, r.Counts[storev1.State_STATE_DELIVERED])
 	}
 }
+
+// History by recipient spans channels, newest first; a channel narrows it.
+func TestRecipientHistory(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	var ids []string
+	for i, ch := range []string{"webhook", "mock", "webhook"} {
+		m := newMessage(fmt.Sprint("c", i))
+		m.Channel, m.Recipient = ch, "user-1"
+		ids = append(ids, mustAccept(t, s, m).Message.Id)
+		time.Sleep(2 * time.Millisecond) // distinct ULID milliseconds
+	}
+	all, err := s.RecipientHistory("t1", "", "user-1", 10)
+	if err != nil || len(all) != 3 || all[0].Message.Id != ids[2] || all[2].Message.Id != ids[0] {
+		t.Fatalf("all channels: %d rows, err %v; want 3 newest first", len(all), err)
+	}
+	hooks, err := s.RecipientHistory("t1", "webhook", "user-1", 10)
+	if err != nil || len(hooks) != 2 || hooks[0].Message.Id != ids[2] {
+		t.Fatalf("webhook only: %d rows, err %v; want 2", len(hooks), err)
+	}
+}

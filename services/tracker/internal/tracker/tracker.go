@@ -233,9 +233,6 @@ func (s *Service) History(ctx context.Context, req *trackerv1.HistoryRequest) (*
 	case req.GetConversation() != "":
 		rows, err = s.store.ConversationHistory(req.GetTenant(), req.GetConversation(), limit)
 	case req.GetRecipient() != "":
-		if req.GetChannel() == "" {
-			return nil, status.Error(codes.InvalidArgument, "a recipient needs its channel")
-		}
 		rows, err = s.store.RecipientHistory(req.GetTenant(), req.GetChannel(), req.GetRecipient(), limit)
 	default:
 		return nil, status.Error(codes.InvalidArgument, "give a conversation or a recipient")
