@@ -131,6 +131,9 @@ func (c *Cluster) Start(name string) error {
 	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Stdout = prefixed(c.Log, name)
 	cmd.Stderr = prefixed(c.Log, name)
+	// If the test process dies (a timeout, a kill), its services die too
+	// instead of living on as orphans.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
