@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
 
@@ -59,9 +58,7 @@ func (d *dispatcher) cancelMessage(id string) int {
 	}
 	d.mu.Unlock()
 	for _, reqID := range ids {
-		c.sendMu.Lock()
-		_ = c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: reqID}}})
-		c.sendMu.Unlock()
+		c.sendCancel(reqID)
 	}
 	return len(ids)
 }

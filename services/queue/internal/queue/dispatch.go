@@ -36,6 +36,14 @@ type conn struct {
 	broken  bool
 }
 
+// sendCancel asks the plugin host to cancel a call. A broken stream needs
+// no cancel: its calls are answered as unknown.
+func (c *conn) sendCancel(id uint64) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	_ = c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: id}}})
+}
+
 // dispatcher keeps one pipelined Deliver stream to the plugin host. When the
 // stream breaks, every job sent on it and not answered has an unknown
 // outcome: the plugin host may have called the provider.
@@ -74,15 +82,15 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 	j := &job{lease: l, span: span, deadline: d.q.now().Add(d.q.cfg.DeliverTimeout)}
 	m := l.GetMessage()
 
-	if until, done := d.q.guard.hold(m.GetChannel(), m.GetRecipient()); done == nil {
+	until, done := d.q.guard.hold(m.GetChannel(), m.GetRecipient())
+	if done == nil {
 		j.notAttempted = true
 		d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_010",
 			RetryAfterMs: max(until.Sub(d.q.now()).Milliseconds(), 1),
 			Description:  "held back: the channel's circuit is open or the destination asked to wait"}, nil, 0)
 		return
-	} else {
-		j.done = done
 	}
+	j.done = done
 	d.mu.Lock()
 	c := d.cur
 	if c == nil || c.broken {
@@ -205,9 +213,7 @@ func (d *dispatcher) watchdog(ctx context.Context) {
 		}
 		d.mu.Unlock()
 		for _, l := range lates {
-			l.c.sendMu.Lock()
-			_ = l.c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: l.id}}})
-			l.c.sendMu.Unlock()
+			l.c.sendCancel(l.id)
 			d.q.finish(l.j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_UNKNOWN, ErrorCode: "QUE_008",
 				Description: "the plugin host did not answer within the delivery deadline"}, nil, 0)
 		}
@@ -230,9 +236,7 @@ func (d *dispatcher) cancelAll() int {
 	}
 	d.mu.Unlock()
 	for _, id := range ids {
-		c.sendMu.Lock()
-		_ = c.stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Cancel{Cancel: &pluginsv1.Cancel{RequestId: id}}})
-		c.sendMu.Unlock()
+		c.sendCancel(id)
 	}
 	for _, j := range jobs {
 		j.span.End()

@@ -267,6 +267,13 @@ func (q *Queue) leaseLoop(ctx context.Context) {
 
 // capacity returns free slots overall and for channels near their limit.
 func (q *Queue) capacity() (int, map[string]uint32) {
+	free, slots := q.freeSlots()
+	q.guard.slots(slots) // the breakers have their own lock
+	return free, slots
+}
+
+// freeSlots counts free slots overall and per limited channel.
+func (q *Queue) freeSlots() (int, map[string]uint32) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	free := q.cfg.MaxInFlight - q.inFlight
@@ -279,9 +286,6 @@ func (q *Queue) capacity() (int, map[string]uint32) {
 			slots[ch] = uint32(lim)
 		}
 	}
-	q.mu.Unlock()
-	q.guard.slots(slots)
-	q.mu.Lock()
 	return free, slots
 }
 

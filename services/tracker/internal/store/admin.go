@@ -48,6 +48,18 @@ func (s *Store) Abort(id, reason string) (*storev1.Delivery, error) {
 	if IsTerminal(d.GetState()) || d.GetAbortRequested() {
 		return d, fmt.Errorf("%w: %s is %s", ErrTerminal, id, d.GetState())
 	}
+	next, err := t.abort(m, d, reason)
+	if err != nil {
+		return nil, err
+	}
+	t.commit()
+	return next, nil
+}
+
+// abort aborts one unfinished message in t: a PENDING or UNKNOWN one
+// becomes ABORTED and leaves the recovery index; an IN_FLIGHT one is marked
+// abort_requested (its attempt ends ABORTED unless the provider confirmed).
+func (t *txn) abort(m *storev1.Message, d *storev1.Delivery, reason string) (*storev1.Delivery, error) {
 	next := proto.CloneOf(d)
 	next.Reason = reason
 	if d.GetState() == storev1.State_STATE_IN_FLIGHT {
@@ -59,7 +71,6 @@ func (s *Store) Abort(id, reason string) (*storev1.Delivery, error) {
 		return nil, err
 	}
 	t.event(EventAborted, m, next, "", reason)
-	t.commit()
 	return next, nil
 }
 

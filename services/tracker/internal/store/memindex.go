@@ -132,14 +132,6 @@ func (x *memIndex) takeDue(now int64, max int, slots map[string]uint32) ([]entry
 	return out, x.wake
 }
 
-// nextDue returns the earliest due time, if any.
-func (x *memIndex) nextDue() (int64, bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	e, ok := x.due.Min()
-	return e.at, ok
-}
-
 // expired returns up to max leased entries whose lease expired at or before now.
 func (x *memIndex) expired(now int64, max int) []entry {
 	x.mu.Lock()

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -147,7 +148,7 @@ func (s *Store) lastSequence(tenant, conversation string) (uint64, error) {
 	if len(v) != 8 {
 		return 0, fmt.Errorf("conversation sequence of %d bytes", len(v))
 	}
-	return uint64FromBytes(v), nil
+	return binary.BigEndian.Uint64(v), nil
 }
 
 func validateMessage(m *storev1.Message) error {
@@ -254,10 +255,9 @@ func readd(entries []entry) []change {
 // there is none) and a channel closed when new due work is indexed.
 func (s *Store) DueSignal() (next time.Time, ok bool, changed <-chan struct{}) {
 	s.index.mu.Lock()
-	changed = s.index.wake
-	s.index.mu.Unlock()
-	at, ok := s.index.nextDue()
-	return time.Unix(0, at), ok, changed
+	defer s.index.mu.Unlock()
+	e, ok := s.index.due.Min()
+	return time.Unix(0, e.at), ok, s.index.wake
 }
 
 // Result is what a delivery attempt came to.
@@ -511,12 +511,4 @@ func (s *Store) RecordEvent(typ, channel, code, detail string) (uint64, error) {
 	s.commit(b)
 	s.events.publish(seq, 1)
 	return seq, nil
-}
-
-func uint64FromBytes(b []byte) uint64 {
-	var n uint64
-	for _, c := range b {
-		n = n<<8 | uint64(c)
-	}
-	return n
 }

@@ -47,6 +47,10 @@ func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.
 	return m, d, timeline, it.Error()
 }
 
+// Delivery returns a message's delivery state without its timeline.
+// Errors: ErrNotFound.
+func (s *Store) Delivery(id string) (*storev1.Delivery, error) { return s.getDelivery(id) }
+
 // ConversationHistory returns up to limit messages of a conversation, newest
 // first.
 func (s *Store) ConversationHistory(tenant, conversation string, limit int) ([]Leased, error) {

@@ -200,17 +200,9 @@ func (s *Store) abortReply(r *storev1.Reply, reason string) (*storev1.Reply, err
 		if IsTerminal(d.GetState()) || d.GetAbortRequested() {
 			continue
 		}
-		next := proto.CloneOf(d)
-		next.Reason = reason
-		if d.GetState() == storev1.State_STATE_IN_FLIGHT {
-			next.AbortRequested = true
-		} else {
-			next.State = storev1.State_STATE_ABORTED
-		}
-		if err := t.transition(m, d, next); err != nil {
+		if _, err := t.abort(m, d, reason); err != nil {
 			return nil, err
 		}
-		t.event(EventAborted, m, next, "", reason)
 	}
 	r.State = storev1.ReplyState_REPLY_STATE_ABORTED
 	r.DeliveredAtAbort = delivered

@@ -415,7 +415,7 @@ func (s *Service) settle(ctx context.Context, ids []string) []*storev1.Delivery 
 		seq := s.store.LastEvent()
 		busy := false
 		for i, id := range ids {
-			_, d, _, err := s.store.Get(id)
+			d, err := s.store.Delivery(id)
 			if err != nil {
 				continue
 			}
