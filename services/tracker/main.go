@@ -41,6 +41,8 @@ type config struct {
 	dataDir       string
 	maxPending    int
 	unknownPolicy string
+	scrub         bool
+	scrubPause    time.Duration
 	logLevel      string
 	grace         time.Duration
 	sweep         time.Duration
@@ -69,6 +71,8 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	fs.StringVar(&c.backupDir, "backup-dir", env("HERALD_BACKUP_DIR", ""), "folder for online backups (herald backup); default <data-dir>/../backups (env HERALD_BACKUP_DIR)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, how long outcomes of deliveries under way may still be recorded (the tracker stops last)")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
+	fs.BoolVar(&c.scrub, "scrub", true, "after start, read every table of the store in the background and check its block checksums; damage stops the tracker")
+	fs.DurationVar(&c.scrubPause, "scrub-pause", 10*time.Millisecond, "pause between tables while scrubbing, so that the scrub yields to serving")
 	fs.DurationVar(&c.sweep, "lease-sweep", 250*time.Millisecond, "how often expired leases are looked for")
 	if err := fs.Parse(args); err != nil {
 		return c, fs, err
@@ -128,19 +132,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			log.Error("close store", "err", err)
 		}
 	}()
-	report := st.Verify(false)
+	// A check whose cost follows the pending work, not the history; the
+	// scrub below reads every table once the tracker serves.
+	checkStart := time.Now()
+	report := st.Check()
 	if len(report.Problems) > 0 {
 		for _, p := range report.Problems {
 			log.Error("store inconsistency", "error_code", "TRK_005", "problem", p)
 		}
 		if damaged := st.DamagedFiles(); len(damaged) > 0 {
-			return fmt.Errorf("the store in %s is damaged: %s failed checksum verification while it was checked at start (%d problems, see the log); the tracker refuses to serve it: stop it and restore the data directory from a backup (herald backup writes them into %s)",
-				c.dataDir, strings.Join(damaged, ", "), len(report.Problems), c.backupDir)
+			return damagedError(c, damaged)
 		}
 		return fmt.Errorf("the store in %s failed its consistency check (%d problems, see the log); nothing was changed: run 'herald-tracker verify --data-dir %s' and restore from a backup if needed",
 			c.dataDir, len(report.Problems), c.dataDir)
 	}
-	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries)
+	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries, "check", time.Since(checkStart).Round(time.Microsecond))
 
 	// Started after the store opened, so it stops before the store closes.
 	metrics.Watch(st)
@@ -174,6 +180,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		svc.Drain(time.Second, c.drainTimeout)
 		stopServing()
 	}()
+	// Damage found by any read, or by the scrub, stops the tracker: it
+	// exits non-zero naming the files, and deletes nothing.
+	damaged := make(chan error, 1)
+	go func() {
+		select {
+		case <-st.Damaged():
+		case <-serveCtx.Done():
+			return
+		}
+		files := st.DamagedFiles()
+		log.Error("store damaged: stopping", "error_code", "TRK_002", "files", strings.Join(files, ", "))
+		damaged <- damagedError(c, files)
+		srv.SetServing(false)
+		svc.Stop()
+		stopServing()
+	}()
+	scrubCtx, stopScrub := context.WithCancel(ctx)
+	defer stopScrub()
+	if c.scrub {
+		go func() {
+			start := time.Now()
+			n, err := st.Scrub(scrubCtx, c.scrubPause)
+			switch {
+			case err == nil:
+				log.Info("store scrubbed: every table's block checksums verified", "tables", n, "took", time.Since(start).Round(time.Millisecond))
+			case scrubCtx.Err() == nil:
+				log.Error("store scrub failed", "error_code", "TRK_002", "tables_verified", n, "err", err)
+			}
+		}()
+	}
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -190,8 +226,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := srv.Serve(serveCtx); err != nil {
 		return err
 	}
+	select {
+	case err := <-damaged:
+		return err
+	default:
+	}
 	log.Info("stopped cleanly; store flushed and closed")
 	return nil
+}
+
+// damagedError tells the operator which files are damaged and what to do.
+func damagedError(c config, files []string) error {
+	return fmt.Errorf("the store in %s is damaged: %s failed checksum verification; the tracker refuses to serve it and deleted nothing: stop it and restore the data directory from a backup (herald backup writes them into %s; see README, Backups)",
+		c.dataDir, strings.Join(files, ", "), c.backupDir)
 }
 
 // verify checks a stopped tracker's store and prints the report.

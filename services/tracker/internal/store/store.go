@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
@@ -89,6 +90,9 @@ const (
 // Store is the tracker's database. Its methods are safe for concurrent use.
 type Store struct {
 	db     *pebble.DB
+	dir    string
+	fs     vfs.FS
+	popts  *pebble.Options
 	now    func() time.Time
 	log    *slog.Logger
 	policy func(string) UnknownPolicy
@@ -117,6 +121,9 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.MaxPending == 0 {
 		o.MaxPending = 1_000_000
 	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
 	if o.UnknownPolicy == nil {
 		o.UnknownPolicy = func(string) UnknownPolicy { return PolicyFail }
 	}
@@ -128,7 +135,7 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(o.CacheSize)
 	defer cache.Unref()
-	damage := &damagedFiles{}
+	damage := newDamagedFiles()
 	popts := &pebble.Options{
 		FS:     o.FS,
 		Cache:  cache,
@@ -148,12 +155,22 @@ func Open(dir string, o Options) (*Store, error) {
 		MaxOpenFiles:  1000,
 		ErrorIfExists: false,
 	}
+	// Accept looks up keys that do not exist yet (a new message id, a new
+	// conversation, a new idempotency key); bloom filters answer those
+	// without reading every level's index, so Accept does not slow down as
+	// the history grows.
+	for i := range popts.Levels {
+		popts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		return nil, describeOpenError(dir, err)
 	}
 	s := &Store{
 		db:     db,
+		dir:    dir,
+		fs:     popts.FS,
+		popts:  popts,
 		now:    o.Now,
 		log:    o.Logger,
 		policy: o.UnknownPolicy,
@@ -181,15 +198,22 @@ func Open(dir string, o Options) (*Store, error) {
 	return s, nil
 }
 
-// DamagedFiles lists the files Pebble found corrupt (a checksum mismatch)
-// since Open, in the order found. The tracker's startup check names them.
+// DamagedFiles lists the files found corrupt (a checksum mismatch) since
+// Open, by a read or by Scrub, in the order found.
 func (s *Store) DamagedFiles() []string { return s.damage.list() }
 
-// damagedFiles collects the paths of corrupt files reported by Pebble.
+// Damaged is closed when the first damaged file is found. The tracker stops
+// serving then: every later read could meet the same damage.
+func (s *Store) Damaged() <-chan struct{} { return s.damage.found }
+
+// damagedFiles collects the paths of corrupt files.
 type damagedFiles struct {
 	mu    sync.Mutex
 	paths []string
+	found chan struct{}
 }
+
+func newDamagedFiles() *damagedFiles { return &damagedFiles{found: make(chan struct{})} }
 
 func (d *damagedFiles) add(path string) {
 	d.mu.Lock()
@@ -198,6 +222,9 @@ func (d *damagedFiles) add(path string) {
 		if p == path {
 			return
 		}
+	}
+	if len(d.paths) == 0 {
+		close(d.found)
 	}
 	d.paths = append(d.paths, path)
 }
@@ -442,6 +469,8 @@ func (c *counter) Finish(bool) ([]byte, io.Closer, error) {
 }
 
 func counterDelta(n int64) []byte { return binary.LittleEndian.AppendUint64(nil, uint64(n)) }
+
+func counterValue(v []byte) int64 { return int64(binary.LittleEndian.Uint64(v)) }
 
 // sequencer hands out event-log sequence numbers and tracks the highest one
 // below which every batch has committed, so readers of the log never skip a

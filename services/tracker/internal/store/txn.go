@@ -92,7 +92,13 @@ func (t *txn) deleteIndex(m *storev1.Message, d *storev1.Delivery) {
 		return
 	}
 	e := entry{at: at, id: m.GetId(), channel: m.GetChannel(), tenant: m.GetTenant(), conversation: m.GetConversation()}
-	t.b.Delete(recoveryKey(kind, at, e.id), nil)
+	// Each entry key is set once and deleted once (a key holds a message's
+	// place at one moment), so a single delete is exact, and Pebble drops it
+	// together with its set as soon as they meet in a flush. A plain
+	// tombstone would stay in the index's key range until a compaction
+	// reached the last level, and every startup scan would step over the
+	// tombstones of the whole history.
+	t.b.SingleDelete(recoveryKey(kind, at, e.id), nil)
 	t.changes = append(t.changes, change{add: false, kind: kind, e: e})
 }
 
@@ -137,7 +143,7 @@ func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error 
 // that makes another message the head, unblocks it.
 func (t *txn) leaveConversation(m *storev1.Message) error {
 	key := convSeqEntryKey(prefixConvActive, m.GetTenant(), m.GetConversation(), m.GetSequence())
-	t.b.Delete(key, nil)
+	t.b.SingleDelete(key, nil) // set once at Accept (or Redrive): see deleteIndex
 	t.inactive[string(key)] = true
 	headID, err := t.head(m.GetTenant(), m.GetConversation())
 	if err != nil || headID == "" {

@@ -1,0 +1,173 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// deliverAll accepts n messages in separate conversations and delivers them.
+func deliverAll(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for i := range n {
+		mustAccept(t, s, newMessage("conv-"+string(rune('a'+i%26))+string(rune('a'+i/26%26))))
+		for _, l := range leaseIDs(t, s, 100) {
+			deliver(t, s, l)
+		}
+	}
+	for {
+		ls := leaseIDs(t, s, 100)
+		if len(ls) == 0 {
+			break
+		}
+		for _, l := range ls {
+			deliver(t, s, l)
+		}
+	}
+}
+
+// TestHistoryLeavesNoTombstonesInRecoveryIndex: once delivered messages'
+// index entries are flushed, a scan of the recovery index (what every
+// restart does) steps over none of them. With plain deletes, every
+// delivered message leaves two tombstones there until a compaction reaches
+// the last level, and restart time grows with the history.
+func TestHistoryLeavesNoTombstonesInRecoveryIndex(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	const n = 2000
+	deliverAll(t, s, n)
+	pending := mustAccept(t, s, newMessage("still-pending")).Message.Id
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, family := range []byte{prefixRecovery, prefixConvActive} {
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{family}, UpperBound: []byte{family + 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		live := 0
+		for ok := it.First(); ok; ok = it.Next() {
+			live++
+		}
+		stats := it.Stats()
+		it.Close()
+		if live != 1 {
+			t.Errorf("family %#x: %d live entries, want 1 (message %s)", family, live, pending)
+		}
+		if got := stats.InternalStats.PointCount; got > 10 {
+			t.Errorf("family %#x: a scan stepped over %d internal points for 1 live entry after %d deliveries: finished messages left tombstones", family, got, n)
+		}
+	}
+	if r := s.Check(); len(r.Problems) > 0 || r.RecoveryEntries != 1 {
+		t.Fatalf("check: %d entries, problems %v", r.RecoveryEntries, r.Problems)
+	}
+}
+
+// TestCheckFindsWhatVerifyFinds: the startup check catches an index entry
+// lost, a stray one, and counters that disagree with the index.
+func TestCheckFindsWhatVerifyFinds(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	deliverAll(t, s, 10)
+	a := mustAccept(t, s, newMessage("x")).Message.Id
+	mustAccept(t, s, newMessage("y"))
+	if r := s.Check(); len(r.Problems) > 0 {
+		t.Fatalf("clean store: %v", r.Problems)
+	}
+	if r := s.Check(); r.RecoveryEntries != 2 || r.Messages != 12 {
+		t.Fatalf("clean store: %d entries, %d messages; want 2 and 12", r.RecoveryEntries, r.Messages)
+	}
+
+	d, err := s.getDelivery(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kind, at, _ := indexPlace(d)
+	if err := s.db.Delete(recoveryKey(kind, at, a), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	r := s.Check()
+	if !hasProblem(r, "not in the recovery index") || !hasProblem(r, "the counters say 2") {
+		t.Fatalf("lost index entry: problems %v", r.Problems)
+	}
+	if err := s.db.Set(recoveryKey(recoveryDue, 1, a), recoveryValue("mock", "t1", "x"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.Check(); !hasProblem(r, "wants kind") {
+		t.Fatalf("misplaced index entry: problems %v", r.Problems)
+	}
+}
+
+func hasProblem(r Report, sub string) bool {
+	for _, p := range r.Problems {
+		if strings.Contains(p, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestScrubNamesDamagedTable: flipped bytes in a table are found by Scrub,
+// which names the file and signals Damaged, without changing the file.
+func TestScrubNamesDamagedTable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	s, err := Open(dir, Options{CacheSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliverAll(t, s, 300)
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Scrub(context.Background(), 0); err != nil || n == 0 {
+		t.Fatalf("clean store: scrub verified %d tables: %v", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tables, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if len(tables) == 0 {
+		t.Fatal("no table after close")
+	}
+	victim := tables[0]
+	b, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(b)/3 - 8; i < len(b)/3+8; i++ {
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(victim, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(dir, Options{CacheSize: 8 << 20})
+	if err != nil {
+		// Open itself may read the damaged block; then it must name it.
+		if !strings.Contains(err.Error(), filepath.Base(victim)) {
+			t.Fatalf("open of a damaged store: %v; want the file %s named", err, victim)
+		}
+		return
+	}
+	defer s.Close()
+	_, err = s.Scrub(context.Background(), 0)
+	if err == nil || !strings.Contains(err.Error(), filepath.Base(victim)) {
+		t.Fatalf("scrub of a damaged store: %v; want an error naming %s", err, victim)
+	}
+	select {
+	case <-s.Damaged():
+	default:
+		t.Fatal("Damaged not signalled")
+	}
+	if got := s.DamagedFiles(); len(got) != 1 || filepath.Base(got[0]) != filepath.Base(victim) {
+		t.Fatalf("DamagedFiles = %v, want [%s]", got, victim)
+	}
+	if after, _ := os.ReadFile(victim); string(after) != string(b) {
+		t.Fatal("scrub changed the damaged file")
+	}
+}
