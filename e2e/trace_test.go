@@ -27,7 +27,8 @@ import (
 // One message, sent once, failed once (HTTP 500, retryable) and then
 // delivered: every hop's span is in the message's trace, with the right
 // parents: gateway Send → tracker Accept; gateway Send → each queue attempt
-// → plugins.Deliver → the provider's HTTP call.
+// → plugins.Deliver → the provider's HTTP call; each attempt → the tracker's
+// state transition it led to (retry, then the final one, delivered).
 func TestOneTracePerMessage(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -144,5 +145,117 @@ func TestOneTracePerMessage(t *testing.T) {
 	}
 	if httpSpans != 2 {
 		t.Errorf("%d provider HTTP call spans in the trace, want 2", httpSpans)
+	}
+	// Each attempt's outcome became a durable state change in the tracker:
+	// a retry, then the final transition to delivered, each a child of its
+	// attempt.
+	results := map[string]int{}
+	for _, tr := range byName["tracker.transition"] {
+		if !attemptIDs[tr.Parent().SpanID().String()] {
+			t.Errorf("tracker.transition's parent %s is not a queue.attempt span", tr.Parent().SpanID())
+		}
+		for _, kv := range tr.Attributes() {
+			if kv.Key == "herald.result" {
+				results[kv.Value.AsString()]++
+			}
+		}
+	}
+	if results["retry"] != 1 || results["delivered"] != 1 || len(byName["tracker.transition"]) != 2 {
+		t.Errorf("tracker.transition spans by result: %v, want one retry and one delivered", results)
+	}
+}
+
+// A reply streamed in three chunks by a backend that does not carry its
+// trace context from OpenReply to the AppendChunk calls is still one trace:
+// a reply.chunk span per chunk under the reply's OpenReply, linked to the
+// append call it came in by, and every delivery attempt of a chunk under its
+// chunk's span.
+func TestOneTracePerReply(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+
+	tracker := trackertest.Start(t, "webhook")
+	host := pluginstest.Start(t, tracker)
+	queuetest.Start(t, tracker, host.Addr)
+	conn, err := grpc.NewClient(gatewaytest.Start(t, tracker), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	gw := gatewayv1.NewGatewayServiceClient(conn)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	defer srv.Close()
+
+	ctx, root := tp.Tracer("test").Start(context.Background(), "backend")
+	open, err := gw.OpenReply(ctx, &gatewayv1.OpenReplyRequest{Channel: "webhook", Recipient: srv.URL, Conversation: "traced-reply"})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	traceID := root.SpanContext().TraceID()
+	var chunks []string
+	for i, text := range []string{"one", "two", "three"} {
+		// No trace context: each append is a trace of its own at the gateway.
+		resp, err := gw.AppendChunk(context.Background(), &gatewayv1.AppendChunkRequest{ReplyId: open.GetReplyId(), Index: uint32(i), Text: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks = append(chunks, resp.GetId())
+	}
+	if _, err := gw.CloseReply(context.Background(), &gatewayv1.CloseReplyRequest{ReplyId: open.GetReplyId()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range chunks {
+		waitMessageState(t, gw, id, gatewayv1.DeliveryState_DELIVERY_STATE_DELIVERED)
+		m, err := gw.GetMessage(context.Background(), &gatewayv1.GetMessageRequest{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.GetMessage().GetTraceId() != traceID.String() {
+			t.Errorf("chunk %s is in trace %s, want the reply's %s", id, m.GetMessage().GetTraceId(), traceID)
+		}
+	}
+	if err := tp.ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	openSpans, chunkSpans := map[string]bool{}, map[string]bool{}
+	var attempts []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != traceID {
+			continue
+		}
+		switch {
+		case s.Name() == "herald.gateway.v1.GatewayService/OpenReply" && s.SpanKind().String() == "server":
+			openSpans[s.SpanContext().SpanID().String()] = true
+		case s.Name() == "queue.attempt":
+			attempts = append(attempts, s)
+		}
+	}
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != traceID || s.Name() != "reply.chunk" {
+			continue
+		}
+		chunkSpans[s.SpanContext().SpanID().String()] = true
+		if !openSpans[s.Parent().SpanID().String()] {
+			t.Errorf("reply.chunk's parent %s is not the gateway's OpenReply span", s.Parent().SpanID())
+		}
+		if links := s.Links(); len(links) != 1 || links[0].SpanContext.TraceID() == traceID {
+			t.Errorf("reply.chunk has links %v, want one to its AppendChunk call's own trace", links)
+		}
+	}
+	if len(chunkSpans) != 3 {
+		t.Fatalf("%d reply.chunk spans in the reply's trace, want 3", len(chunkSpans))
+	}
+	if len(attempts) != 3 {
+		t.Fatalf("%d queue.attempt spans in the reply's trace, want 3 (one per chunk)", len(attempts))
+	}
+	for _, a := range attempts {
+		if !chunkSpans[a.Parent().SpanID().String()] {
+			t.Errorf("queue.attempt's parent %s is not a reply.chunk span", a.Parent().SpanID())
+		}
 	}
 }

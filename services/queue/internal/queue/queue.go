@@ -455,7 +455,7 @@ func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint
 		q.guard.observe(j, r)
 	}
 	o := q.decide(j, r)
-	if sc := j.span.SpanContext(); sc.IsValid() {
+	if sc := j.span.SpanContext(); sc.IsValid() && sc.IsSampled() {
 		o.TraceId, o.SpanId = sc.TraceID().String(), sc.SpanID().String()
 	}
 	j.span.SetAttributes(attribute.String("herald.outcome", r.GetOutcome().String()), attribute.String("herald.error_code", r.GetErrorCode()))

@@ -143,6 +143,9 @@ func (s *Store) CloseReply(replyID string) (*storev1.Reply, error) {
 	return r, nil
 }
 
+// Reply returns a reply's record.
+func (s *Store) Reply(replyID string) (*storev1.Reply, error) { return s.getReply(replyID) }
+
 // GetReply returns a reply and its chunks' message ids in order.
 func (s *Store) GetReply(replyID string) (*storev1.Reply, []string, error) {
 	r, err := s.getReply(replyID)

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -35,6 +37,7 @@ type Service struct {
 
 	store     *store.Store
 	log       *slog.Logger
+	tracer    trace.Tracer
 	now       func() time.Time
 	backupDir string
 	// stopping is closed when shutdown starts: long polls and event
@@ -82,7 +85,7 @@ func New(st *store.Store, log *slog.Logger, now func() time.Time, backupDir stri
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{store: st, log: log, now: now, backupDir: backupDir, stopping: make(chan struct{})}
+	return &Service{store: st, log: log, now: now, backupDir: backupDir, stopping: make(chan struct{}), tracer: otel.Tracer(tracerName)}
 }
 
 // Accept implements trackerv1.TrackerServiceServer.
@@ -179,10 +182,12 @@ func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) 
 			NotAttempted:      o.GetNotAttempted(),
 		}
 	}
+	start := time.Now()
 	applied, err := s.store.Complete(outs)
 	if err != nil {
 		return nil, s.toStatus("complete", err)
 	}
+	s.traceTransitions(outs, applied, start, time.Now())
 	resp := &trackerv1.CompleteResponse{Results: make([]*trackerv1.OutcomeResult, len(applied))}
 	for i, a := range applied {
 		resp.Results[i] = &trackerv1.OutcomeResult{MessageId: a.MessageID, Applied: a.Applied, Reason: a.Reason}
@@ -532,7 +537,9 @@ func (s *Service) AppendChunk(ctx context.Context, req *trackerv1.AppendChunkReq
 	if err := s.refuse(); err != nil {
 		return nil, err
 	}
+	span := s.startChunkSpan(req.GetReplyId(), req.GetIndex(), req.GetMessage())
 	a, err := s.store.AppendChunk(req.GetReplyId(), req.GetIndex(), req.GetMessage())
+	endChunkSpan(span, err)
 	if err != nil {
 		return nil, s.toStatus("append chunk", err)
 	}

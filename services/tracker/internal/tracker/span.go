@@ -1,0 +1,105 @@
+package tracker
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+	"github.com/heraldchat/herald/services/tracker/internal/store"
+)
+
+// tracerName names the tracker's own spans. The tracer is taken from the
+// global provider when the Service is made, after telemetry set it up.
+const tracerName = "github.com/heraldchat/herald/services/tracker"
+
+// traceTransitions adds a tracker.transition span for every applied outcome
+// that names its attempt's span: the state change the attempt led to,
+// timed by the batch commit that made it durable, as a child of the
+// attempt. Complete is batched across messages, so its gRPC span belongs to
+// no single trace; these spans put the final transition into each
+// message's own trace.
+func (s *Service) traceTransitions(outs []store.Outcome, applied []store.Applied, start, end time.Time) {
+	for i, a := range applied {
+		o := outs[i]
+		if !a.Applied || o.TraceID == "" {
+			continue
+		}
+		tid, err1 := trace.TraceIDFromHex(o.TraceID)
+		sid, err2 := trace.SpanIDFromHex(o.SpanID)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// The queue names only sampled attempts.
+		parent := trace.ContextWithRemoteSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled, Remote: true,
+		}))
+		_, span := s.tracer.Start(parent, "tracker.transition", trace.WithTimestamp(start), trace.WithAttributes(
+			attribute.String("herald.message_id", o.MessageID),
+			attribute.String("herald.result", resultName(o.Result)),
+			attribute.String("herald.error_code", o.ErrorCode),
+			attribute.Int("herald.batch_size", len(outs)),
+		))
+		span.End(trace.WithTimestamp(end))
+	}
+}
+
+// startChunkSpan opens a reply.chunk span in the reply's trace (the one
+// stored at OpenReply), linked to the AppendChunk call that carried it, and
+// makes it the chunk message's trace context: one trace per reply, a span
+// per chunk, and every delivery attempt of the chunk under it, whether or
+// not the backend propagated its context between calls. A reply that cannot
+// be read gets no span; AppendChunk reports why.
+func (s *Service) startChunkSpan(replyID string, index uint32, m *storev1.Message) trace.Span {
+	r, err := s.store.Reply(replyID)
+	if err != nil || r.GetTraceparent() == "" {
+		return nil
+	}
+	prop := otel.GetTextMapPropagator()
+	parent := prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": r.GetTraceparent(), "tracestate": r.GetTracestate()})
+	call := trace.SpanContextFromContext(prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": m.GetTraceparent(), "tracestate": m.GetTracestate()}))
+	opts := []trace.SpanStartOption{trace.WithAttributes(
+		attribute.String("herald.reply_id", replyID),
+		attribute.Int64("herald.chunk_index", int64(index)),
+		attribute.String("herald.message_id", m.GetId()),
+	)}
+	if call.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: call}))
+	}
+	ctx, span := s.tracer.Start(parent, "reply.chunk", opts...)
+	carrier := propagation.MapCarrier{}
+	prop.Inject(ctx, carrier)
+	if tp := carrier.Get("traceparent"); tp != "" {
+		m.Traceparent, m.Tracestate = tp, carrier.Get("tracestate")
+	}
+	return span
+}
+
+func endChunkSpan(span trace.Span, err error) {
+	if span == nil {
+		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+func resultName(r store.Result) string {
+	switch r {
+	case store.ResultDelivered:
+		return "delivered"
+	case store.ResultRetry:
+		return "retry"
+	case store.ResultFailed:
+		return "failed"
+	case store.ResultUnknown:
+		return "unknown"
+	}
+	return "unspecified"
+}
