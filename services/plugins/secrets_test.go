@@ -150,7 +150,7 @@ func TestCredentialsAppearInNoOutput(t *testing.T) {
 	for i, c := range calls {
 		err := stream.Send(&pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Delivery{Delivery: &pluginsv1.Delivery{
 			RequestId: uint64(i + 1), MessageId: fmt.Sprintf("m%d", i+1), Channel: c.channel, Recipient: c.recipient,
-			Text: "hi", Attempt: 1, DeadlineUnixNano: time.Now().Add(300 * time.Millisecond).UnixNano(),
+			Text: "hi", Attempt: 1, TimeoutNanos: (300 * time.Millisecond).Nanoseconds(),
 		}}})
 		if err != nil {
 			t.Fatal(err)

@@ -35,6 +35,18 @@ func StartWithMetrics(t testing.TB, trackerAddr string, reg prometheus.Registere
 // pluginsAddr is not empty, and metrics on reg when it is not nil.
 func StartWithPlugins(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer) string {
 	t.Helper()
+	return start(t, trackerAddr, pluginsAddr, reg, time.Now)
+}
+
+// StartWithClock is Start with the gateway reading the time from now: a
+// clock that disagrees with the other services'.
+func StartWithClock(t testing.TB, trackerAddr string, now func() time.Time) string {
+	t.Helper()
+	return start(t, trackerAddr, "", nil, now)
+}
+
+func start(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer, now func() time.Time) string {
+	t.Helper()
 	metrics, err := gateway.NewMetrics(reg)
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
@@ -48,7 +60,7 @@ func StartWithPlugins(t testing.TB, trackerAddr, pluginsAddr string, reg prometh
 	if err != nil {
 		t.Fatalf("gatewaytest: %v", err)
 	}
-	cfg := gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log, Metrics: metrics}
+	cfg := gateway.Config{Tracker: trackerv1.NewTrackerServiceClient(tc), Address: srv.Addr(), Logger: log, Metrics: metrics, Now: now}
 	if pluginsAddr != "" {
 		pc, err := grpcclient.Dial(pluginsAddr)
 		if err != nil {

@@ -29,6 +29,19 @@ func Start(t testing.TB, trackerAddr, pluginsAddr string) string {
 // registers them nowhere).
 func StartWithMetrics(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer) string {
 	t.Helper()
+	return start(t, trackerAddr, pluginsAddr, reg, time.Now)
+}
+
+// StartWithClock is Start with the queue reading the time from now: a
+// clock that disagrees with the other services', as after a wall-clock step
+// between their starts.
+func StartWithClock(t testing.TB, trackerAddr, pluginsAddr string, now func() time.Time) string {
+	t.Helper()
+	return start(t, trackerAddr, pluginsAddr, nil, now)
+}
+
+func start(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registerer, now func() time.Time) string {
+	t.Helper()
 	metrics, err := queue.NewMetrics(reg)
 	if err != nil {
 		t.Fatalf("queuetest: %v", err)
@@ -50,7 +63,7 @@ func StartWithMetrics(t testing.TB, trackerAddr, pluginsAddr string, reg prometh
 		BreakerTimeout: time.Second,
 		Metrics:        metrics,
 	}
-	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tc), pluginsv1.NewPluginHostServiceClient(pc), log, time.Now)
+	q := queue.New(cfg, trackerv1.NewTrackerServiceClient(tc), pluginsv1.NewPluginHostServiceClient(pc), log, now)
 	srv, err := grpcserver.New(grpcserver.Config{Name: queuev1.QueueService_ServiceDesc.ServiceName, Addr: "127.0.0.1:0", Logger: log, GracePeriod: time.Second})
 	if err != nil {
 		t.Fatalf("queuetest: %v", err)

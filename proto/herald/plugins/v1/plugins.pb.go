@@ -197,9 +197,11 @@ type Delivery struct {
 	// W3C trace context of the attempt.
 	Traceparent string `protobuf:"bytes,10,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	Tracestate  string `protobuf:"bytes,11,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
-	// The host gives up on the call at this time and answers UNKNOWN or
-	// RETRYABLE depending on whether the request was sent.
-	DeadlineUnixNano int64 `protobuf:"varint,12,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// The host gives up on the call this long after it received the delivery
+	// and answers UNKNOWN or RETRYABLE depending on whether the request was
+	// sent. A duration, not a time: the two processes' clocks need not agree
+	// (a wall-clock step between their starts moves one and not the other).
+	TimeoutNanos int64 `protobuf:"varint,20,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	// The tracker's fencing token for this attempt; the host uses it only to
 	// report an answer the queue could not.
 	LeaseToken    uint64 `protobuf:"varint,13,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
@@ -314,9 +316,9 @@ func (x *Delivery) GetTracestate() string {
 	return ""
 }
 
-func (x *Delivery) GetDeadlineUnixNano() int64 {
+func (x *Delivery) GetTimeoutNanos() int64 {
 	if x != nil {
-		return x.DeadlineUnixNano
+		return x.TimeoutNanos
 	}
 	return 0
 }
@@ -676,7 +678,7 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"\bdelivery\x18\x01 \x01(\v2\x1b.herald.plugins.v1.DeliveryH\x00R\bdelivery\x123\n" +
 	"\x06cancel\x18\x02 \x01(\v2\x19.herald.plugins.v1.CancelH\x00R\x06cancel\x12*\n" +
 	"\x03ack\x18\x03 \x01(\v2\x16.herald.plugins.v1.AckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\x83\x04\n" +
+	"\x04kind\"\x94\x04\n" +
 	"\bDelivery\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x1d\n" +
@@ -693,13 +695,13 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	" \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\v \x01(\tR\n" +
-	"tracestate\x12,\n" +
-	"\x12deadline_unix_nano\x18\f \x01(\x03R\x10deadlineUnixNano\x12\x1f\n" +
+	"tracestate\x12#\n" +
+	"\rtimeout_nanos\x18\x14 \x01(\x03R\ftimeoutNanos\x12\x1f\n" +
 	"\vlease_token\x18\r \x01(\x04R\n" +
 	"leaseToken\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"'\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\f\x10\rR\x12deadline_unix_nano\"'\n" +
 	"\x06Cancel\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\"&\n" +

@@ -32,7 +32,7 @@ const (
 	Result_RESULT_UNSPECIFIED Result = 0
 	// The provider confirmed acceptance; provider_message_id is required.
 	Result_RESULT_DELIVERED Result = 1
-	// Not delivered; try again at retry_at_unix_nano.
+	// Not delivered; try again retry_after_nanos from now.
 	Result_RESULT_RETRY Result = 2
 	// Not delivered and never will be: dead-letter it.
 	Result_RESULT_FAILED Result = 3
@@ -1100,7 +1100,10 @@ type AcceptRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The message; id, tenant, channel and recipient are required. sequence
 	// and accepted_at are assigned by the tracker.
-	Message       *v1.Message `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	Message *v1.Message `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// Time to live: when set, the tracker sets the message's expires_at to
+	// its own clock plus this, so the sender's clock does not matter.
+	TtlNanos      int64 `protobuf:"varint,20,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1140,6 +1143,13 @@ func (x *AcceptRequest) GetMessage() *v1.Message {
 		return x.Message
 	}
 	return nil
+}
+
+func (x *AcceptRequest) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
 }
 
 type AcceptResponse struct {
@@ -1386,10 +1396,13 @@ type Outcome struct {
 	LeaseToken        uint64                 `protobuf:"varint,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
 	Result            Result                 `protobuf:"varint,3,opt,name=result,proto3,enum=herald.tracker.v1.Result" json:"result,omitempty"`
 	ProviderMessageId string                 `protobuf:"bytes,4,opt,name=provider_message_id,json=providerMessageId,proto3" json:"provider_message_id,omitempty"`
-	RetryAtUnixNano   int64                  `protobuf:"varint,5,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`
-	ErrorCode         string                 `protobuf:"bytes,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorDetail       string                 `protobuf:"bytes,7,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
-	Adapter           string                 `protobuf:"bytes,8,opt,name=adapter,proto3" json:"adapter,omitempty"`
+	// With RESULT_RETRY: how long from now the message is next due, on the
+	// tracker's clock. A duration, so the reporter's clock need not agree with
+	// the tracker's.
+	RetryAfterNanos int64  `protobuf:"varint,20,opt,name=retry_after_nanos,json=retryAfterNanos,proto3" json:"retry_after_nanos,omitempty"`
+	ErrorCode       string `protobuf:"bytes,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorDetail     string `protobuf:"bytes,7,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
+	Adapter         string `protobuf:"bytes,8,opt,name=adapter,proto3" json:"adapter,omitempty"`
 	// Trace context of the attempt, recorded on the event.
 	TraceId string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	SpanId  string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
@@ -1458,9 +1471,9 @@ func (x *Outcome) GetProviderMessageId() string {
 	return ""
 }
 
-func (x *Outcome) GetRetryAtUnixNano() int64 {
+func (x *Outcome) GetRetryAfterNanos() int64 {
 	if x != nil {
-		return x.RetryAtUnixNano
+		return x.RetryAfterNanos
 	}
 	return 0
 }
@@ -2124,9 +2137,10 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\bproblems\x18\x06 \x03(\tR\bproblems\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"C\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"`\n" +
 	"\rAcceptRequest\x122\n" +
-	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\"\x99\x01\n" +
+	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x12\x1b\n" +
+	"\tttl_nanos\x18\x14 \x01(\x03R\bttlNanos\"\x99\x01\n" +
 	"\x0eAcceptResponse\x122\n" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x125\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12\x1c\n" +
@@ -2144,15 +2158,15 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x125\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\"A\n" +
 	"\rLeaseResponse\x120\n" +
-	"\x06leases\x18\x01 \x03(\v2\x18.herald.tracker.v1.LeaseR\x06leases\"\x8e\x03\n" +
+	"\x06leases\x18\x01 \x03(\v2\x18.herald.tracker.v1.LeaseR\x06leases\"\xa7\x03\n" +
 	"\aOutcome\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1f\n" +
 	"\vlease_token\x18\x02 \x01(\x04R\n" +
 	"leaseToken\x121\n" +
 	"\x06result\x18\x03 \x01(\x0e2\x19.herald.tracker.v1.ResultR\x06result\x12.\n" +
-	"\x13provider_message_id\x18\x04 \x01(\tR\x11providerMessageId\x12+\n" +
-	"\x12retry_at_unix_nano\x18\x05 \x01(\x03R\x0fretryAtUnixNano\x12\x1d\n" +
+	"\x13provider_message_id\x18\x04 \x01(\tR\x11providerMessageId\x12*\n" +
+	"\x11retry_after_nanos\x18\x14 \x01(\x03R\x0fretryAfterNanos\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x06 \x01(\tR\terrorCode\x12!\n" +
 	"\ferror_detail\x18\a \x01(\tR\verrorDetail\x12\x18\n" +
@@ -2160,7 +2174,7 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\btrace_id\x18\t \x01(\tR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\n" +
 	" \x01(\tR\x06spanId\x12#\n" +
-	"\rnot_attempted\x18\v \x01(\bR\fnotAttempted\"a\n" +
+	"\rnot_attempted\x18\v \x01(\bR\fnotAttemptedJ\x04\b\x05\x10\x06R\x12retry_at_unix_nano\"a\n" +
 	"\x0fCompleteRequest\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x126\n" +
 	"\boutcomes\x18\x02 \x03(\v2\x1a.herald.tracker.v1.OutcomeR\boutcomes\"`\n" +

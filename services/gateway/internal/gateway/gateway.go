@@ -166,11 +166,10 @@ func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (resp *g
 		Traceparent:    carrier.Get("traceparent"),
 		Tracestate:     carrier.Get("tracestate"),
 	}
-	if ttl := req.GetTtlSeconds(); ttl > 0 {
-		msg.ExpiresAtUnixNano = s.now().Add(time.Duration(ttl) * time.Second).UnixNano()
-	}
-
-	acc, err := s.tracker.Accept(ctx, &trackerv1.AcceptRequest{Message: msg})
+	// The tracker turns the time to live into an expiry on its own clock,
+	// the one that decides expiry.
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	acc, err := s.tracker.Accept(ctx, &trackerv1.AcceptRequest{Message: msg, TtlNanos: ttl.Nanoseconds()})
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opSend, err)
 	}

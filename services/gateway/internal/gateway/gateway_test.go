@@ -51,6 +51,7 @@ type fakeTracker struct {
 
 	mu       sync.Mutex
 	accepted []*storev1.Message
+	ttls     []int64 // AcceptRequest.ttl_nanos, by accepted message
 	history  []*trackerv1.HistoryRequest
 	// deliveries are the messages Abort, Redrive and Purge act on, by id.
 	deliveries  map[string]*storev1.Delivery
@@ -70,6 +71,7 @@ func (f *fakeTracker) Accept(ctx context.Context, req *trackerv1.AcceptRequest) 
 	defer f.mu.Unlock()
 	m := req.GetMessage()
 	f.accepted = append(f.accepted, m)
+	f.ttls = append(f.ttls, req.GetTtlNanos())
 	m.Sequence = uint64(len(f.accepted))
 	m.AcceptedAtUnixNano = time.Now().UnixNano()
 	return &trackerv1.AcceptResponse{Message: m, Delivery: &storev1.Delivery{State: storev1.State_STATE_PENDING}}, nil
@@ -376,19 +378,25 @@ func TestSendStoresMessageWithTraceContext(t *testing.T) {
 		t.Errorf("id %q is not a ULID", resp.GetId())
 	}
 	wantStored := &storev1.Message{
-		Id:                resp.GetId(),
-		Tenant:            "default",
-		Channel:           "webhook",
-		Recipient:         "http://127.0.0.1:9000/hook",
-		Conversation:      "http://127.0.0.1:9000/hook",
-		Text:              "hello",
-		Metadata:          map[string]string{"k": "v"},
-		IdempotencyKey:    "key-1",
-		ExpiresAtUnixNano: now.Add(time.Hour).UnixNano(),
+		Id:             resp.GetId(),
+		Tenant:         "default",
+		Channel:        "webhook",
+		Recipient:      "http://127.0.0.1:9000/hook",
+		Conversation:   "http://127.0.0.1:9000/hook",
+		Text:           "hello",
+		Metadata:       map[string]string{"k": "v"},
+		IdempotencyKey: "key-1",
 	}
 	if diff := cmp.Diff(stored[0], wantStored, protocmp.Transform(),
 		protocmp.IgnoreFields(&storev1.Message{}, "traceparent", "tracestate", "sequence", "accepted_at_unix_nano")); diff != "" {
 		t.Errorf("stored message (-got +want):\n%s", diff)
+	}
+	// The tracker turns the time to live into an expiry on its own clock.
+	tracker.mu.Lock()
+	ttl := tracker.ttls[0]
+	tracker.mu.Unlock()
+	if ttl != time.Hour.Nanoseconds() {
+		t.Errorf("Accept carried ttl_nanos %d, want one hour", ttl)
 	}
 	if got, want := traceIDFromParent(stored[0].GetTraceparent()), span.SpanContext().TraceID().String(); got != want {
 		t.Errorf("stored traceparent %q has trace id %q, want the caller's %q", stored[0].GetTraceparent(), got, want)

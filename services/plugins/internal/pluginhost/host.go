@@ -306,14 +306,14 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 				return status.Error(codes.InvalidArgument, "delivery is empty")
 			}
 			id := d.GetRequestId()
-			deadline := time.Now().Add(h.defaultTimeout)
-			if n := d.GetDeadlineUnixNano(); n != 0 {
-				deadline = time.Unix(0, n)
+			timeout := h.defaultTimeout
+			if n := d.GetTimeoutNanos(); n > 0 {
+				timeout = time.Duration(n)
 			}
 			// The call's context carries the stream's trace values but not
 			// its cancellation: a dead queue must not cut a provider call
 			// whose answer the host can still report.
-			dctx, cancel := context.WithDeadline(detach(h.lifetime, stream.Context()), deadline)
+			dctx, cancel := context.WithTimeout(detach(h.lifetime, stream.Context()), timeout)
 			mu.Lock()
 			if _, dup := inflight[id]; dup {
 				mu.Unlock()

@@ -333,7 +333,7 @@ func TestCancelAndDeadlineStopTheCall(t *testing.T) {
 
 			req := delivery(3, "fake", "r")
 			if tt.viaDeadline {
-				req.GetDelivery().DeadlineUnixNano = time.Now().Add(200 * time.Millisecond).UnixNano()
+				req.GetDelivery().TimeoutNanos = (200 * time.Millisecond).Nanoseconds()
 			}
 			send(t, s, req)
 			<-started

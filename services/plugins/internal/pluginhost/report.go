@@ -34,12 +34,11 @@ type TrackerReporter struct {
 // timeout passes.
 func (r TrackerReporter) Report(ctx context.Context, orphans []Orphan) error {
 	outs := make([]*trackerv1.Outcome, 0, len(orphans))
-	now := time.Now()
 	for _, o := range orphans {
 		if o.Delivery.GetLeaseToken() == 0 {
 			continue // sent by a caller that holds no lease
 		}
-		outs = append(outs, orphanOutcome(o, now))
+		outs = append(outs, orphanOutcome(o))
 	}
 	if len(outs) == 0 {
 		return nil
@@ -70,7 +69,7 @@ func (r TrackerReporter) Report(ctx context.Context, orphans []Orphan) error {
 // orphanOutcome maps an answer to the outcome to record. A retryable answer
 // is retried after its retry-after (at least a second): the queue's backoff
 // policy takes over from the next attempt.
-func orphanOutcome(o Orphan, now time.Time) *trackerv1.Outcome {
+func orphanOutcome(o Orphan) *trackerv1.Outcome {
 	a := o.Answer
 	out := &trackerv1.Outcome{
 		MessageId:   o.Delivery.GetMessageId(),
@@ -87,7 +86,7 @@ func orphanOutcome(o Orphan, now time.Time) *trackerv1.Outcome {
 		out.Result = trackerv1.Result_RESULT_FAILED
 	case pluginsv1.Outcome_OUTCOME_RETRYABLE:
 		out.Result = trackerv1.Result_RESULT_RETRY
-		out.RetryAtUnixNano = now.Add(max(time.Duration(a.GetRetryAfterMs())*time.Millisecond, time.Second)).UnixNano()
+		out.RetryAfterNanos = max(time.Duration(a.GetRetryAfterMs())*time.Millisecond, time.Second).Nanoseconds()
 	default:
 		out.Result = trackerv1.Result_RESULT_UNKNOWN
 	}

@@ -106,19 +106,19 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 	d.mu.Unlock()
 
 	req := &pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Delivery{Delivery: &pluginsv1.Delivery{
-		RequestId:        id,
-		MessageId:        m.GetId(),
-		Channel:          m.GetChannel(),
-		Recipient:        m.GetRecipient(),
-		Conversation:     m.GetConversation(),
-		Sequence:         m.GetSequence(),
-		Text:             m.GetText(),
-		Metadata:         m.GetMetadata(),
-		Attempt:          l.GetDelivery().GetAttempts(),
-		Traceparent:      carrier["traceparent"],
-		Tracestate:       carrier["tracestate"],
-		DeadlineUnixNano: j.deadline.UnixNano(),
-		LeaseToken:       l.GetDelivery().GetLeaseToken(),
+		RequestId:    id,
+		MessageId:    m.GetId(),
+		Channel:      m.GetChannel(),
+		Recipient:    m.GetRecipient(),
+		Conversation: m.GetConversation(),
+		Sequence:     m.GetSequence(),
+		Text:         m.GetText(),
+		Metadata:     m.GetMetadata(),
+		Attempt:      l.GetDelivery().GetAttempts(),
+		Traceparent:  carrier["traceparent"],
+		Tracestate:   carrier["tracestate"],
+		TimeoutNanos: d.q.cfg.DeliverTimeout.Nanoseconds(),
+		LeaseToken:   l.GetDelivery().GetLeaseToken(),
 	}}}
 	c.sendMu.Lock()
 	err := c.stream.Send(req)

@@ -383,7 +383,7 @@ func (q *Queue) decideOutcome(j *job, r *pluginsv1.DeliverResponse) *trackerv1.O
 		// given time, without spending an attempt.
 		o.Result = trackerv1.Result_RESULT_RETRY
 		o.NotAttempted = true
-		o.RetryAtUnixNano = q.now().Add(max(time.Duration(r.GetRetryAfterMs())*time.Millisecond, 50*time.Millisecond)).UnixNano()
+		o.RetryAfterNanos = max(time.Duration(r.GetRetryAfterMs())*time.Millisecond, 50*time.Millisecond).Nanoseconds()
 		return o
 	}
 	switch r.GetOutcome() {
@@ -409,7 +409,7 @@ func (q *Queue) decideOutcome(j *job, r *pluginsv1.DeliverResponse) *trackerv1.O
 			q.failed.Add(1)
 		default:
 			o.Result = trackerv1.Result_RESULT_RETRY
-			o.RetryAtUnixNano = next.UnixNano()
+			o.RetryAfterNanos = delay.Nanoseconds()
 			q.retried.Add(1)
 		}
 	case pluginsv1.Outcome_OUTCOME_PERMANENT:

@@ -96,6 +96,9 @@ func (s *Service) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*tr
 	if err := s.refuse(); err != nil {
 		return nil, err
 	}
+	if ttl := req.GetTtlNanos(); ttl > 0 {
+		req.GetMessage().ExpiresAtUnixNano = s.now().Add(time.Duration(ttl)).UnixNano()
+	}
 	a, err := s.store.Accept(req.GetMessage())
 	if err != nil {
 		return nil, s.toStatus("accept", err)
@@ -164,6 +167,7 @@ func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) 
 		return nil, status.Errorf(codes.InvalidArgument, "%d outcomes in one call; send at most %d", len(req.GetOutcomes()), maxCompleteBatch)
 	}
 	outs := make([]store.Outcome, len(req.GetOutcomes()))
+	now := s.now()
 	for i, o := range req.GetOutcomes() {
 		r, err := result(o.GetResult())
 		if err != nil {
@@ -174,7 +178,7 @@ func (s *Service) Complete(ctx context.Context, req *trackerv1.CompleteRequest) 
 			LeaseToken:        o.GetLeaseToken(),
 			Result:            r,
 			ProviderMessageID: o.GetProviderMessageId(),
-			RetryAt:           time.Unix(0, o.GetRetryAtUnixNano()),
+			RetryAt:           now.Add(time.Duration(o.GetRetryAfterNanos())),
 			ErrorCode:         o.GetErrorCode(),
 			ErrorDetail:       o.GetErrorDetail(),
 			TraceID:           o.GetTraceId(),
