@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -170,4 +172,28 @@ func TestScrubNamesDamagedTable(t *testing.T) {
 	if after, _ := os.ReadFile(victim); string(after) != string(b) {
 		t.Fatal("scrub changed the damaged file")
 	}
+}
+
+// TestMaxPendingFailsFastAndRecovers: at the configured cap of unfinished
+// messages Accept fails at once with ErrFull and a message saying why,
+// writing nothing; a finished message makes room again.
+func TestMaxPendingFailsFastAndRecovers(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Now: newClock().Now, MaxPending: 5, CacheSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 5 {
+		mustAccept(t, s, newMessage(fmt.Sprint("c", i)))
+	}
+	before := s.LastEvent()
+	_, err = s.Accept(newMessage("c-over"))
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "5 messages are not yet delivered") {
+		t.Fatalf("accept at the cap: %v, want ErrFull saying how many are pending", err)
+	}
+	if s.LastEvent() != before || s.RecoverySize() != 5 {
+		t.Fatal("a refused accept wrote something")
+	}
+	deliver(t, s, leaseIDs(t, s, 1)[0])
+	mustAccept(t, s, newMessage("c-room"))
 }
