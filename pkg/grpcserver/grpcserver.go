@@ -14,6 +14,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -58,7 +59,15 @@ type Server struct {
 
 	mu      sync.Mutex
 	stopped bool // once true, health stays NOT_SERVING
+
+	// Calls open now: unary calls are work a stop must not cut; streams
+	// may be watchers that only end when cut.
+	unary, streams atomic.Int64
 }
+
+// ErrCutShort is returned by Serve when unary calls were still open when the
+// grace period ran out and had to be cut: the process should exit non-zero.
+var ErrCutShort = errors.New("graceful stop cut work short")
 
 // New listens on cfg.Addr at once, so Addr is known before Serve, and builds
 // the gRPC server. opts are appended after herald's own options. The
@@ -94,15 +103,18 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	})}
 	ilog := interceptorLogger(logger)
 
+	s := &Server{cfg: cfg, lis: lis}
 	base := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 		// Logging wraps recovery so that a recovered panic is logged as the
 		// Internal error it became.
 		grpc.ChainUnaryInterceptor(
+			s.countUnary,
 			logging.UnaryServerInterceptor(ilog, logOpts...),
 			recovery.UnaryServerInterceptor(recOpts...),
 		),
 		grpc.ChainStreamInterceptor(
+			s.countStream,
 			logging.StreamServerInterceptor(ilog, logOpts...),
 			recovery.StreamServerInterceptor(recOpts...),
 		),
@@ -120,6 +132,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 		}),
 	}
 	gs := grpc.NewServer(append(base, opts...)...)
+	s.grpc = gs
 
 	hs := health.NewServer()
 	// Not serving until Serve starts.
@@ -127,8 +140,20 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	hs.SetServingStatus(cfg.Name, healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
+	s.health = hs
+	return s, nil
+}
 
-	return &Server{cfg: cfg, lis: lis, grpc: gs, health: hs}, nil
+func (s *Server) countUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	s.unary.Add(1)
+	defer s.unary.Add(-1)
+	return handler(ctx, req)
+}
+
+func (s *Server) countStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	s.streams.Add(1)
+	defer s.streams.Add(-1)
+	return handler(srv, ss)
 }
 
 // GRPC returns the underlying server; register services on it before Serve.
@@ -157,7 +182,9 @@ func (s *Server) setServingLocked(serving bool) {
 // Serve marks the server SERVING and serves until ctx is done. It then sets
 // NOT_SERVING, stops gracefully, and cuts whatever is still open after
 // GracePeriod (GracefulStop alone waits forever on open streams). It
-// returns nil after a stop caused by ctx, or the error that ended serving.
+// returns nil after a clean stop caused by ctx, an error wrapping
+// ErrCutShort when unary calls had to be cancelled, or the error that ended
+// serving.
 func (s *Server) Serve(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.grpc.Serve(s.lis) }()
@@ -175,6 +202,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	s.markStopped()
+	start := time.Now()
+	unary, streams := s.unary.Load(), s.streams.Load()
 	graceful := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -182,19 +211,28 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	timer := time.NewTimer(s.cfg.GracePeriod)
 	defer timer.Stop()
+	var cut error
 	select {
 	case <-graceful:
+		s.cfg.Logger.Info("drained: every open call finished", slog.String("grpc_server", s.cfg.Name),
+			slog.Int64("calls_open_at_stop", unary), slog.Int64("streams_open_at_stop", streams),
+			slog.Duration("took", time.Since(start).Round(time.Millisecond)))
 	case <-timer.C:
-		s.cfg.Logger.Warn("graceful stop exceeded grace period; closing open calls",
-			slog.String("grpc_server", s.cfg.Name), slog.Duration("grace_period", s.cfg.GracePeriod))
+		cutUnary, cutStreams := s.unary.Load(), s.streams.Load()
+		s.cfg.Logger.Warn("graceful stop exceeded the grace period; cancelling the calls still open",
+			slog.String("grpc_server", s.cfg.Name), slog.Duration("grace_period", s.cfg.GracePeriod),
+			slog.Int64("calls_cancelled", cutUnary), slog.Int64("streams_closed", cutStreams))
 		s.grpc.Stop()
 		<-graceful
+		if cutUnary > 0 {
+			cut = fmt.Errorf("%w: %s cancelled %d calls still open after the %s grace period", ErrCutShort, s.cfg.Name, cutUnary, s.cfg.GracePeriod)
+		}
 	}
 	// Serve returns nil once stopped; anything else is worth reporting.
 	if err := <-serveErr; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve %s on %s: %w", s.cfg.Name, s.Addr(), err)
 	}
-	return nil
+	return cut
 }
 
 // markStopped sets health NOT_SERVING for good, so that load balancers and

@@ -36,6 +36,19 @@ var testDesc = grpc.ServiceDesc{
 			h := func(context.Context, any) (any, error) { panic("boom") }
 			return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/herald.test.Test/Panic"}, h)
 		},
+	}, {
+		MethodName: "Hold",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			in := new(emptypb.Empty)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			h := func(ctx context.Context, _ any) (any, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/herald.test.Test/Hold"}, h)
+		},
 	}},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Block",
@@ -182,6 +195,40 @@ func TestServeReturnsWithinGracePeriodWithOpenStream(t *testing.T) {
 	}
 	if err := stream.RecvMsg(new(emptypb.Empty)); err == nil {
 		t.Error("open stream survived the stop")
+	}
+}
+
+// A unary call still open when the grace period ends is cancelled, logged
+// with the count, and Serve reports ErrCutShort so the process exits
+// non-zero; an open stream alone (TestServeReturnsWithinGracePeriodWithOpenStream)
+// is not work cut short.
+func TestServeReportsCutShortWhenUnaryCallsAreCancelled(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	r := start(t, grace)
+	called := make(chan error, 1)
+	go func() {
+		called <- r.conn.Invoke(context.Background(), "/herald.test.Test/Hold", &emptypb.Empty{}, new(emptypb.Empty))
+	}()
+	// The connection is up once a health check answers; the held call was
+	// sent before it on the same connection.
+	if err := r.conn.Invoke(context.Background(), "/grpc.health.v1.Health/Check", &healthpb.HealthCheckRequest{}, new(healthpb.HealthCheckResponse)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	r.cancel()
+	select {
+	case <-r.served:
+	case <-time.After(grace + 3*time.Second):
+		t.Fatal("Serve did not return within the grace period")
+	}
+	if !errors.Is(r.serveErr, grpcserver.ErrCutShort) || !strings.Contains(r.serveErr.Error(), "cancelled 1 calls") {
+		t.Fatalf("Serve = %v, want ErrCutShort naming 1 cancelled call", r.serveErr)
+	}
+	if err := <-called; status.Code(err) == codes.OK {
+		t.Fatal("the held call succeeded")
+	}
+	if !strings.Contains(r.logs.String(), `"calls_cancelled":1`) {
+		t.Errorf("log does not say how many calls were cancelled:\n%s", r.logs.String())
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -305,18 +306,29 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if metricsSrv != nil {
 		fmt.Fprintf(os.Stdout, "plugins metrics on http://%s/metrics\n", metricsSrv.Addr())
 	}
+	var cut atomic.Int64 // provider calls cancelled by the grace period
 	go func() {
 		<-ctx.Done()
 		host.Drain()
 		// Calls still running a grace period after the signal are cut, and
 		// so is the reporting of unacknowledged answers: those leases expire
 		// into the unknown-outcome policy.
-		time.AfterFunc(cfg.grace, endLifetime)
+		time.AfterFunc(cfg.grace, func() {
+			if n := host.InFlight(); n > 0 {
+				cut.Store(n)
+				logger.Warn("grace period over: cancelling provider calls still under way; their outcomes are unknown and follow the channel's policy",
+					slog.Int64("calls_cancelled", n), slog.Duration("grace_period", cfg.grace))
+			}
+			endLifetime()
+		})
 	}()
 	defer host.WaitReports() // bounded: endLifetime fires a grace period after the signal
 	if err := srv.Serve(ctx); err != nil {
 		return err
 	}
-	logger.Info("plugins stopped")
+	if n := cut.Load(); n > 0 {
+		return fmt.Errorf("stopped after cancelling %d provider calls at the end of the %s grace period", n, cfg.grace)
+	}
+	logger.Info("plugins stopped: every provider call under way was answered")
 	return nil
 }

@@ -93,7 +93,11 @@ type Host struct {
 	drainOnce      sync.Once
 	unhealthyAfter uint32
 	reports        sync.WaitGroup
+	calls          atomic.Int64 // provider calls under way
 }
+
+// InFlight is the number of provider calls under way.
+func (h *Host) InFlight() int64 { return h.calls.Load() }
 
 // WaitReports waits until every report of unacknowledged answers has ended
 // (each is bounded by the host's lifetime).
@@ -324,9 +328,11 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 			mu.Unlock()
 
 			wg.Add(1)
+			h.calls.Add(1)
 			go func() {
 				defer wg.Done()
 				resp := h.deliver(dctx, d)
+				h.calls.Add(-1)
 				cancel()
 				mu.Lock()
 				delete(inflight, id)
