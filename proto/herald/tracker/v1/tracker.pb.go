@@ -1435,8 +1435,9 @@ type Outcome struct {
 	// Trace context of the attempt, recorded on the event.
 	TraceId string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	SpanId  string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
-	// True when no provider call was made (circuit open, destination paused):
-	// the lease does not count against the attempt budget.
+	// True when no provider call was made (circuit open, destination paused,
+	// attempt budget already spent): the lease does not count against the
+	// attempt budget.
 	NotAttempted  bool `protobuf:"varint,11,opt,name=not_attempted,json=notAttempted,proto3" json:"not_attempted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

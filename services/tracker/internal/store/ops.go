@@ -338,8 +338,8 @@ type Outcome struct {
 	TraceID     string
 	SpanID      string
 	// NotAttempted is true when no provider call was made under this lease
-	// (the channel's circuit was open, the destination paused): the lease
-	// gives back its attempt.
+	// (the channel's circuit was open, the destination paused, the attempt
+	// budget was spent): the lease gives back its attempt.
 	NotAttempted bool
 }
 
@@ -418,7 +418,7 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) error {
 	next := proto.CloneOf(d)
 	next.LeaseExpiresUnixNano = 0
-	if o.NotAttempted && o.Result == ResultRetry && next.Attempts > 0 {
+	if o.NotAttempted && o.Result != ResultDelivered && next.Attempts > 0 {
 		next.Attempts--
 	}
 	if d.GetAbortRequested() && o.Result != ResultDelivered {
