@@ -1437,7 +1437,8 @@ type Outcome struct {
 	SpanId  string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
 	// True when no provider call was made (circuit open, destination paused,
 	// attempt budget already spent): the lease does not count against the
-	// attempt budget.
+	// attempt budget. With RESULT_RECONCILE_ERROR: the provider was not
+	// asked; the try does not count against the reconcile attempts.
 	NotAttempted  bool `protobuf:"varint,11,opt,name=not_attempted,json=notAttempted,proto3" json:"not_attempted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -128,6 +128,7 @@ func (d *dispatcher) send(j *job, carrier map[string]string) {
 	if c == nil || c.broken {
 		d.mu.Unlock()
 		if j.reconcile {
+			j.notAttempted = true
 			d.q.finish(j, &pluginsv1.DeliverResponse{ErrorCode: "QUE_001", Description: "no stream to the plugin host"}, nil, 0)
 			return
 		}

@@ -30,7 +30,7 @@ func (q *Queue) finishReconcile(j *job, r *pluginsv1.DeliverResponse, c *conn, r
 	j.span.End()
 	// The plugin host logs the answers it gave; the queue logs only the ones
 	// it made up itself because the host went away or stayed silent.
-	if strings.HasPrefix(r.GetErrorCode(), "QUE_") {
+	if strings.HasPrefix(r.GetErrorCode(), "QUE_") && !j.notAttempted {
 		q.log.Warn("reconcile answer unknown: the plugin host did not answer; the tracker asks again later",
 			"message_id", o.GetMessageId(), "channel", ch, "error_code", o.GetErrorCode(), "detail", o.GetErrorDetail())
 	}
@@ -65,6 +65,13 @@ func (q *Queue) decideReconcile(j *job, r *pluginsv1.DeliverResponse) *trackerv1
 		return o
 	}
 	o.Result = trackerv1.Result_RESULT_RECONCILE_ERROR
+	if j.notAttempted {
+		// Never reached the plugin host: ask again soon, without spending
+		// a try.
+		o.NotAttempted = true
+		o.RetryAtUnixNano = q.now().Add(50 * time.Millisecond).UnixNano()
+		return o
+	}
 	if ra := time.Duration(r.GetRetryAfterMs()) * time.Millisecond; ra > 0 {
 		o.RetryAtUnixNano = q.now().Add(ra).UnixNano()
 	}

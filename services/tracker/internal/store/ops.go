@@ -339,7 +339,9 @@ type Outcome struct {
 	SpanID      string
 	// NotAttempted is true when no provider call was made under this lease
 	// (the channel's circuit was open, the destination paused, the attempt
-	// budget was spent): the lease gives back its attempt.
+	// budget was spent): the lease gives back its attempt. With
+	// ResultReconcileError, the provider was not asked: the reconcile lease
+	// gives back its try, and the message is asked about at RetryAt.
 	NotAttempted bool
 }
 

@@ -123,6 +123,20 @@ func (t *txn) applyReconcile(m *storev1.Message, d *storev1.Delivery, o Outcome)
 	case ResultReconcileCannotAnswer:
 		return t.reconcileFailed(m, d, next, o.ErrorCode, o.ErrorDetail)
 	case ResultReconcileError:
+		if o.NotAttempted {
+			// The provider was not asked (the plugin host was out of
+			// reach): the try is given back, and it is asked at RetryAt.
+			if next.ReconcileAttempts > 0 {
+				next.ReconcileAttempts--
+			}
+			next.ReconcileAtUnixNano = max(o.RetryAt.UnixNano(), t.now)
+			next.LastErrorCode, next.LastError = o.ErrorCode, o.ErrorDetail
+			if err := t.transition(m, d, next); err != nil {
+				return err
+			}
+			t.event(EventReconcileRetry, m, next, o.ErrorCode, "not asked: "+o.ErrorDetail)
+			return nil
+		}
 		return t.reconcileLater(m, d, next, o.RetryAt.UnixNano(), o.ErrorCode, o.ErrorDetail)
 	default:
 		return fmt.Errorf("%w: reconcile result %d", ErrInvalid, o.Result)

@@ -470,3 +470,32 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 		t.Fatalf("open of version 3: %v, want ErrSchema", err)
 	}
 }
+
+// A reconcile lease whose question never reached the provider (the plugin
+// host was out of reach) gives its try back and is asked again at once,
+// without the backoff.
+func TestReconcileNotAskedGivesTheTryBack(t *testing.T) {
+	c := newClock()
+	s := openReconcile(t, vfs.NewMem(), c, PolicyReconcile, 1)
+	defer s.Close()
+	first, _ := unknownMessage(t, s)
+	c.Advance(testGrace)
+	for range 3 {
+		l := leaseReconcile(t, s)
+		if len(l) != 1 || l[0].Delivery.ReconcileAttempts != 1 {
+			t.Fatalf("reconcile lease: %v", l)
+		}
+		if a := answer(t, s, l[0], Outcome{Result: ResultReconcileError, NotAttempted: true, ErrorCode: "QUE_001", RetryAt: c.Now()}); !a.Applied {
+			t.Fatal(a.Reason)
+		}
+		if d, _ := s.Delivery(first.Message.Id); d.State != storev1.State_STATE_UNKNOWN || d.ReconcileAttempts != 0 {
+			t.Fatalf("after a question that was not asked: %v", d)
+		}
+	}
+	// The one real try is still there; its failure ends it.
+	l := leaseReconcile(t, s)[0]
+	answer(t, s, l, Outcome{Result: ResultReconcileError, ErrorCode: "PLG_006"})
+	if d, _ := s.Delivery(first.Message.Id); d.State != storev1.State_STATE_FAILED || d.LastErrorCode != "DLV_006" {
+		t.Fatalf("after the only try failed: %s %s", d.State, d.LastErrorCode)
+	}
+}
