@@ -127,12 +127,11 @@ func (d *dispatcher) send(j *job, carrier map[string]string) {
 	c := d.cur
 	if c == nil || c.broken {
 		d.mu.Unlock()
+		j.notAttempted = true
 		if j.reconcile {
-			j.notAttempted = true
 			d.q.finish(j, &pluginsv1.DeliverResponse{ErrorCode: "QUE_001", Description: "no stream to the plugin host"}, nil, 0)
 			return
 		}
-		j.notAttempted = true
 		j.done(errNotAttempted) // no provider call: neither success nor failure
 		d.q.finish(j, notSent("no stream to the plugin host"), nil, 0)
 		return
