@@ -76,13 +76,29 @@ type Cluster struct {
 func New(bin, dataDir string, log io.Writer) (*Cluster, error) {
 	c := &Cluster{Bin: bin, DataDir: dataDir, Addr: map[string]string{}, Args: map[string][]string{},
 		Log: log, procs: map[string]*exec.Cmd{}, exits: map[string]chan error{}, MetricsAddr: map[string]string{}}
+	// Hold every port until all are chosen: a port closed at once can be
+	// handed out again by the next ask, and two services would share it.
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	next := func() (string, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		held = append(held, l)
+		return l.Addr().String(), nil
+	}
 	for _, s := range Services {
-		a, err := FreeAddr()
+		a, err := next()
 		if err != nil {
 			return nil, err
 		}
 		c.Addr[s] = a
-		m, err := FreeAddr()
+		m, err := next()
 		if err != nil {
 			return nil, err
 		}

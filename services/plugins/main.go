@@ -194,13 +194,23 @@ func buildAdapters(cfg config, logger *slog.Logger, tp trace.TracerProvider) (ad
 	closers = append(closers, slackAdapter.Close)
 
 	mockOpts := mock.Options{}
+	var mockRecord *os.File
 	if cfg.mockRecord != "" {
-		f, err := os.OpenFile(cfg.mockRecord, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		f, err := os.OpenFile(cfg.mockRecord, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
 			return nil, closeAll, fmt.Errorf("--mock-record: open %s: %w", cfg.mockRecord, err)
 		}
 		closers = append(closers, func() { _ = f.Close() })
 		mockOpts.Record = f
+		mockRecord = f
+	}
+	mockAdapter := mock.New(mockOpts)
+	if mockRecord != nil {
+		// What the mock provider accepted before a restart: its reconcile
+		// answers must cover it.
+		if err := mockAdapter.Replay(mockRecord); err != nil {
+			return nil, closeAll, fmt.Errorf("--mock-record %s: %w", cfg.mockRecord, err)
+		}
 	}
 
 	// Say which channels cannot deliver, once, at startup.
@@ -216,7 +226,7 @@ func buildAdapters(cfg config, logger *slog.Logger, tp trace.TracerProvider) (ad
 		"webhook":  webhookAdapter,
 		"telegram": telegramAdapter,
 		"slack":    slackAdapter,
-		"mock":     mock.New(mockOpts),
+		"mock":     mockAdapter,
 	}, closeAll, nil
 }
 

@@ -161,7 +161,7 @@ func fill(t *testing.T, dir string, delivered, pending int) bool {
 	go func() {
 		defer close(done)
 		for deliveredN.Load() < int64(delivered) {
-			ls, err := st.Lease("fill", 2000, time.Minute, nil)
+			ls, err := st.Lease("fill", 2000, time.Minute, nil, false)
 			if err != nil {
 				leaseErr = err
 				return

@@ -49,6 +49,9 @@ type config struct {
 	backupDir     string
 	metrics       string // "" disables the metrics endpoint
 	drainTimeout  time.Duration
+	// reconcileGrace and reconcileAttempts shape the reconcile policy.
+	reconcileGrace    time.Duration
+	reconcileAttempts int
 }
 
 func parse(name string, args []string, getenv func(string) string) (config, *flag.FlagSet, error) {
@@ -63,8 +66,13 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	fs.StringVar(&c.listen, "listen", env("HERALD_TRACKER_LISTEN", "127.0.0.1:7301"), "gRPC listen address (env HERALD_TRACKER_LISTEN)")
 	fs.StringVar(&c.dataDir, "data-dir", env("HERALD_DATA_DIR", "data/tracker"), "Pebble data directory; only one tracker may use it (env HERALD_DATA_DIR)")
 	fs.IntVar(&c.maxPending, "max-pending", 1_000_000, "most non-terminal messages; Send fails with RESOURCE_EXHAUSTED beyond it")
-	fs.StringVar(&c.unknownPolicy, "unknown-policy", env("HERALD_UNKNOWN_POLICY", "webhook=redeliver,mock=redeliver,*=fail"),
+	fs.StringVar(&c.unknownPolicy, "unknown-policy", env("HERALD_UNKNOWN_POLICY", "webhook=redeliver,mock=redeliver,slack=reconcile,*=fail"),
 		"what to do per channel when a delivery's outcome is unknown: channel=redeliver|fail|reconcile, comma-separated; * is the default (env HERALD_UNKNOWN_POLICY)")
+	var grace string
+	fs.StringVar(&grace, "reconcile-grace", env("HERALD_RECONCILE_GRACE", "30s"),
+		"reconcile policy: how long after an outcome became unknown the provider is first asked; keep it above the queue's --deliver-timeout so the call in question has ended; also the first backoff between tries (env HERALD_RECONCILE_GRACE)")
+	fs.IntVar(&c.reconcileAttempts, "reconcile-attempts", 5,
+		"reconcile policy: times the provider is asked about one unknown outcome before the message is dead-lettered (outcome_unknown)")
 	fs.StringVar(&c.metrics, "metrics-listen", env("HERALD_TRACKER_METRICS_LISTEN", "127.0.0.1:9301"),
 		"address to serve Prometheus metrics on at /metrics; empty disables (env HERALD_TRACKER_METRICS_LISTEN)")
 	fs.StringVar(&c.logLevel, "log-level", env("HERALD_LOG_LEVEL", "info"), "debug, info, warn or error (env HERALD_LOG_LEVEL)")
@@ -85,6 +93,13 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	}
 	if c.maxPending <= 0 {
 		return c, fs, fmt.Errorf("--max-pending=%d: give a positive number", c.maxPending)
+	}
+	var err error
+	if c.reconcileGrace, err = time.ParseDuration(grace); err != nil || c.reconcileGrace <= 0 {
+		return c, fs, fmt.Errorf("--reconcile-grace=%q: give a positive duration such as 30s", grace)
+	}
+	if c.reconcileAttempts <= 0 {
+		return c, fs, fmt.Errorf("--reconcile-attempts=%d: give a positive number", c.reconcileAttempts)
 	}
 	return c, fs, nil
 }
@@ -123,7 +138,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(c.dataDir, store.Options{MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now, OnCommit: metrics.ObserveCommit})
+	st, err := store.Open(c.dataDir, store.Options{
+		MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now, OnCommit: metrics.ObserveCommit,
+		ReconcileGrace: c.reconcileGrace, ReconcileAttempts: c.reconcileAttempts,
+	})
 	if err != nil {
 		return err
 	}
@@ -300,7 +318,7 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// parsePolicy reads "webhook=redeliver,mock=redeliver,*=fail".
+// parsePolicy reads "webhook=redeliver,mock=redeliver,slack=reconcile,*=fail".
 func parsePolicy(s string) (func(string) store.UnknownPolicy, error) {
 	m := map[string]store.UnknownPolicy{}
 	def := store.PolicyFail

@@ -4,6 +4,7 @@
 package trackertest
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"testing"
@@ -29,19 +30,44 @@ func Start(t testing.TB, redeliver ...string) string {
 // (nil registers them nowhere).
 func StartWithMetrics(t testing.TB, reg prometheus.Registerer, redeliver ...string) string {
 	t.Helper()
-	metrics, err := tracker.NewMetrics(reg, time.Now)
+	policies := map[string]string{}
+	for _, ch := range redeliver {
+		policies[ch] = "redeliver"
+	}
+	return StartWith(t, Options{Metrics: reg, Policies: policies})
+}
+
+// Options shape the tracker StartWith starts.
+type Options struct {
+	// Metrics registers the tracker's metrics; nil registers them nowhere.
+	Metrics prometheus.Registerer
+	// Policies maps channels to their unknown-outcome policy: "redeliver",
+	// "fail" or "reconcile". Channels not listed fail.
+	Policies map[string]string
+	// ReconcileGrace is how long an unknown outcome waits before it is
+	// reconciled; zero means 100ms.
+	ReconcileGrace time.Duration
+}
+
+// StartWith serves a tracker shaped by o until the test ends and returns
+// its address.
+func StartWith(t testing.TB, o Options) string {
+	t.Helper()
+	metrics, err := tracker.NewMetrics(o.Metrics, time.Now)
 	if err != nil {
 		t.Fatalf("trackertest: %v", err)
 	}
 	policy := func(ch string) store.UnknownPolicy {
-		for _, r := range redeliver {
-			if r == ch {
-				return store.PolicyRedeliver
-			}
+		switch o.Policies[ch] {
+		case "redeliver":
+			return store.PolicyRedeliver
+		case "reconcile":
+			return store.PolicyReconcile
 		}
 		return store.PolicyFail
 	}
-	st, err := store.Open("tracker", store.Options{FS: vfs.NewMem(), UnknownPolicy: policy, CacheSize: 8 << 20, OnCommit: metrics.ObserveCommit})
+	st, err := store.Open("tracker", store.Options{FS: vfs.NewMem(), UnknownPolicy: policy, CacheSize: 8 << 20, OnCommit: metrics.ObserveCommit,
+		ReconcileGrace: cmp.Or(o.ReconcileGrace, 100*time.Millisecond)})
 	if err != nil {
 		t.Fatalf("trackertest: open store: %v", err)
 	}

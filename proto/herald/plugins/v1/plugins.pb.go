@@ -84,6 +84,70 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{0}
 }
 
+// ReconcileAnswer is an adapter's answer to a reconcile request: does the
+// provider have the message?
+type ReconcileAnswer int32
+
+const (
+	ReconcileAnswer_RECONCILE_ANSWER_UNSPECIFIED ReconcileAnswer = 0
+	// The provider has it; provider_message_id is set.
+	ReconcileAnswer_RECONCILE_ANSWER_FOUND ReconcileAnswer = 1
+	// The provider definitely does not have it: sending it again makes no
+	// duplicate.
+	ReconcileAnswer_RECONCILE_ANSWER_NOT_FOUND ReconcileAnswer = 2
+	// The adapter cannot ask: its provider offers no way to, or a permission
+	// is missing. Asking again will not help.
+	ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER ReconcileAnswer = 3
+	// Asking failed for now (timeout, rate limit, provider error); ask again
+	// later, after retry_after_ms if set.
+	ReconcileAnswer_RECONCILE_ANSWER_ERROR ReconcileAnswer = 4
+)
+
+// Enum value maps for ReconcileAnswer.
+var (
+	ReconcileAnswer_name = map[int32]string{
+		0: "RECONCILE_ANSWER_UNSPECIFIED",
+		1: "RECONCILE_ANSWER_FOUND",
+		2: "RECONCILE_ANSWER_NOT_FOUND",
+		3: "RECONCILE_ANSWER_CANNOT_ANSWER",
+		4: "RECONCILE_ANSWER_ERROR",
+	}
+	ReconcileAnswer_value = map[string]int32{
+		"RECONCILE_ANSWER_UNSPECIFIED":   0,
+		"RECONCILE_ANSWER_FOUND":         1,
+		"RECONCILE_ANSWER_NOT_FOUND":     2,
+		"RECONCILE_ANSWER_CANNOT_ANSWER": 3,
+		"RECONCILE_ANSWER_ERROR":         4,
+	}
+)
+
+func (x ReconcileAnswer) Enum() *ReconcileAnswer {
+	p := new(ReconcileAnswer)
+	*p = x
+	return p
+}
+
+func (x ReconcileAnswer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReconcileAnswer) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_plugins_v1_plugins_proto_enumTypes[1].Descriptor()
+}
+
+func (ReconcileAnswer) Type() protoreflect.EnumType {
+	return &file_herald_plugins_v1_plugins_proto_enumTypes[1]
+}
+
+func (x ReconcileAnswer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReconcileAnswer.Descriptor instead.
+func (ReconcileAnswer) EnumDescriptor() ([]byte, []int) {
+	return file_herald_plugins_v1_plugins_proto_rawDescGZIP(), []int{1}
+}
+
 type DeliverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -91,6 +155,7 @@ type DeliverRequest struct {
 	//	*DeliverRequest_Delivery
 	//	*DeliverRequest_Cancel
 	//	*DeliverRequest_Ack
+	//	*DeliverRequest_Reconcile
 	Kind          isDeliverRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -160,6 +225,15 @@ func (x *DeliverRequest) GetAck() *Ack {
 	return nil
 }
 
+func (x *DeliverRequest) GetReconcile() *Delivery {
+	if x != nil {
+		if x, ok := x.Kind.(*DeliverRequest_Reconcile); ok {
+			return x.Reconcile
+		}
+	}
+	return nil
+}
+
 type isDeliverRequest_Kind interface {
 	isDeliverRequest_Kind()
 }
@@ -176,11 +250,18 @@ type DeliverRequest_Ack struct {
 	Ack *Ack `protobuf:"bytes,3,opt,name=ack,proto3,oneof"`
 }
 
+type DeliverRequest_Reconcile struct {
+	// Ask the provider whether it has this message; never send it.
+	Reconcile *Delivery `protobuf:"bytes,4,opt,name=reconcile,proto3,oneof"`
+}
+
 func (*DeliverRequest_Delivery) isDeliverRequest_Kind() {}
 
 func (*DeliverRequest_Cancel) isDeliverRequest_Kind() {}
 
 func (*DeliverRequest_Ack) isDeliverRequest_Kind() {}
+
+func (*DeliverRequest_Reconcile) isDeliverRequest_Kind() {}
 
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -204,9 +285,12 @@ type Delivery struct {
 	TimeoutNanos int64 `protobuf:"varint,20,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
 	// The tracker's fencing token for this attempt; the host uses it only to
 	// report an answer the queue could not.
-	LeaseToken    uint64 `protobuf:"varint,13,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LeaseToken uint64 `protobuf:"varint,13,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	// With reconcile: when the attempt whose outcome is unknown started. The
+	// provider cannot have received that attempt earlier.
+	AttemptStartedUnixNano int64 `protobuf:"varint,14,opt,name=attempt_started_unix_nano,json=attemptStartedUnixNano,proto3" json:"attempt_started_unix_nano,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -330,6 +414,13 @@ func (x *Delivery) GetLeaseToken() uint64 {
 	return 0
 }
 
+func (x *Delivery) GetAttemptStartedUnixNano() int64 {
+	if x != nil {
+		return x.AttemptStartedUnixNano
+	}
+	return 0
+}
+
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -428,9 +519,11 @@ type DeliverResponse struct {
 	// herald's stable error code (PLG_..., DLV_...).
 	ErrorCode string `protobuf:"bytes,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	// The provider's own code and description, when it gave one.
-	ProviderCode  string `protobuf:"bytes,6,opt,name=provider_code,json=providerCode,proto3" json:"provider_code,omitempty"`
-	Description   string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
-	Adapter       string `protobuf:"bytes,8,opt,name=adapter,proto3" json:"adapter,omitempty"`
+	ProviderCode string `protobuf:"bytes,6,opt,name=provider_code,json=providerCode,proto3" json:"provider_code,omitempty"`
+	Description  string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	Adapter      string `protobuf:"bytes,8,opt,name=adapter,proto3" json:"adapter,omitempty"`
+	// Set, instead of outcome, on the answer to a reconcile request.
+	Reconcile     ReconcileAnswer `protobuf:"varint,9,opt,name=reconcile,proto3,enum=herald.plugins.v1.ReconcileAnswer" json:"reconcile,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,6 +612,13 @@ func (x *DeliverResponse) GetAdapter() string {
 		return x.Adapter
 	}
 	return ""
+}
+
+func (x *DeliverResponse) GetReconcile() ReconcileAnswer {
+	if x != nil {
+		return x.Reconcile
+	}
+	return ReconcileAnswer_RECONCILE_ANSWER_UNSPECIFIED
 }
 
 type ListChannelsRequest struct {
@@ -673,12 +773,13 @@ var File_herald_plugins_v1_plugins_proto protoreflect.FileDescriptor
 
 const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"\n" +
-	"\x1fherald/plugins/v1/plugins.proto\x12\x11herald.plugins.v1\"\xb4\x01\n" +
+	"\x1fherald/plugins/v1/plugins.proto\x12\x11herald.plugins.v1\"\xf1\x01\n" +
 	"\x0eDeliverRequest\x129\n" +
 	"\bdelivery\x18\x01 \x01(\v2\x1b.herald.plugins.v1.DeliveryH\x00R\bdelivery\x123\n" +
 	"\x06cancel\x18\x02 \x01(\v2\x19.herald.plugins.v1.CancelH\x00R\x06cancel\x12*\n" +
-	"\x03ack\x18\x03 \x01(\v2\x16.herald.plugins.v1.AckH\x00R\x03ackB\x06\n" +
-	"\x04kind\"\x94\x04\n" +
+	"\x03ack\x18\x03 \x01(\v2\x16.herald.plugins.v1.AckH\x00R\x03ack\x12;\n" +
+	"\treconcile\x18\x04 \x01(\v2\x1b.herald.plugins.v1.DeliveryH\x00R\treconcileB\x06\n" +
+	"\x04kind\"\xcf\x04\n" +
 	"\bDelivery\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x1d\n" +
@@ -698,7 +799,8 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"tracestate\x12#\n" +
 	"\rtimeout_nanos\x18\x14 \x01(\x03R\ftimeoutNanos\x12\x1f\n" +
 	"\vlease_token\x18\r \x01(\x04R\n" +
-	"leaseToken\x1a;\n" +
+	"leaseToken\x129\n" +
+	"\x19attempt_started_unix_nano\x18\x0e \x01(\x03R\x16attemptStartedUnixNano\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\f\x10\rR\x12deadline_unix_nano\"'\n" +
@@ -707,7 +809,7 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vrequest_ids\x18\x01 \x03(\x04R\n" +
-	"requestIds\"\xbc\x02\n" +
+	"requestIds\"\xfe\x02\n" +
 	"\x0fDeliverResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x124\n" +
@@ -718,7 +820,8 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12#\n" +
 	"\rprovider_code\x18\x06 \x01(\tR\fproviderCode\x12 \n" +
 	"\vdescription\x18\a \x01(\tR\vdescription\x12\x18\n" +
-	"\aadapter\x18\b \x01(\tR\aadapter\"\x15\n" +
+	"\aadapter\x18\b \x01(\tR\aadapter\x12@\n" +
+	"\treconcile\x18\t \x01(\x0e2\".herald.plugins.v1.ReconcileAnswerR\treconcile\"\x15\n" +
 	"\x13ListChannelsRequest\"\x84\x01\n" +
 	"\aChannel\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -732,7 +835,13 @@ const file_herald_plugins_v1_plugins_proto_rawDesc = "" +
 	"\x11OUTCOME_DELIVERED\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_RETRYABLE\x10\x02\x12\x15\n" +
 	"\x11OUTCOME_PERMANENT\x10\x03\x12\x13\n" +
-	"\x0fOUTCOME_UNKNOWN\x10\x042\xca\x01\n" +
+	"\x0fOUTCOME_UNKNOWN\x10\x04*\xaf\x01\n" +
+	"\x0fReconcileAnswer\x12 \n" +
+	"\x1cRECONCILE_ANSWER_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16RECONCILE_ANSWER_FOUND\x10\x01\x12\x1e\n" +
+	"\x1aRECONCILE_ANSWER_NOT_FOUND\x10\x02\x12\"\n" +
+	"\x1eRECONCILE_ANSWER_CANNOT_ANSWER\x10\x03\x12\x1a\n" +
+	"\x16RECONCILE_ANSWER_ERROR\x10\x042\xca\x01\n" +
 	"\x11PluginHostService\x12T\n" +
 	"\aDeliver\x12!.herald.plugins.v1.DeliverRequest\x1a\".herald.plugins.v1.DeliverResponse(\x010\x01\x12_\n" +
 	"\fListChannels\x12&.herald.plugins.v1.ListChannelsRequest\x1a'.herald.plugins.v1.ListChannelsResponseB@Z>github.com/heraldchat/herald/proto/herald/plugins/v1;pluginsv1b\x06proto3"
@@ -749,36 +858,39 @@ func file_herald_plugins_v1_plugins_proto_rawDescGZIP() []byte {
 	return file_herald_plugins_v1_plugins_proto_rawDescData
 }
 
-var file_herald_plugins_v1_plugins_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_herald_plugins_v1_plugins_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_herald_plugins_v1_plugins_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_herald_plugins_v1_plugins_proto_goTypes = []any{
 	(Outcome)(0),                 // 0: herald.plugins.v1.Outcome
-	(*DeliverRequest)(nil),       // 1: herald.plugins.v1.DeliverRequest
-	(*Delivery)(nil),             // 2: herald.plugins.v1.Delivery
-	(*Cancel)(nil),               // 3: herald.plugins.v1.Cancel
-	(*Ack)(nil),                  // 4: herald.plugins.v1.Ack
-	(*DeliverResponse)(nil),      // 5: herald.plugins.v1.DeliverResponse
-	(*ListChannelsRequest)(nil),  // 6: herald.plugins.v1.ListChannelsRequest
-	(*Channel)(nil),              // 7: herald.plugins.v1.Channel
-	(*ListChannelsResponse)(nil), // 8: herald.plugins.v1.ListChannelsResponse
-	nil,                          // 9: herald.plugins.v1.Delivery.MetadataEntry
+	(ReconcileAnswer)(0),         // 1: herald.plugins.v1.ReconcileAnswer
+	(*DeliverRequest)(nil),       // 2: herald.plugins.v1.DeliverRequest
+	(*Delivery)(nil),             // 3: herald.plugins.v1.Delivery
+	(*Cancel)(nil),               // 4: herald.plugins.v1.Cancel
+	(*Ack)(nil),                  // 5: herald.plugins.v1.Ack
+	(*DeliverResponse)(nil),      // 6: herald.plugins.v1.DeliverResponse
+	(*ListChannelsRequest)(nil),  // 7: herald.plugins.v1.ListChannelsRequest
+	(*Channel)(nil),              // 8: herald.plugins.v1.Channel
+	(*ListChannelsResponse)(nil), // 9: herald.plugins.v1.ListChannelsResponse
+	nil,                          // 10: herald.plugins.v1.Delivery.MetadataEntry
 }
 var file_herald_plugins_v1_plugins_proto_depIdxs = []int32{
-	2, // 0: herald.plugins.v1.DeliverRequest.delivery:type_name -> herald.plugins.v1.Delivery
-	3, // 1: herald.plugins.v1.DeliverRequest.cancel:type_name -> herald.plugins.v1.Cancel
-	4, // 2: herald.plugins.v1.DeliverRequest.ack:type_name -> herald.plugins.v1.Ack
-	9, // 3: herald.plugins.v1.Delivery.metadata:type_name -> herald.plugins.v1.Delivery.MetadataEntry
-	0, // 4: herald.plugins.v1.DeliverResponse.outcome:type_name -> herald.plugins.v1.Outcome
-	7, // 5: herald.plugins.v1.ListChannelsResponse.channels:type_name -> herald.plugins.v1.Channel
-	1, // 6: herald.plugins.v1.PluginHostService.Deliver:input_type -> herald.plugins.v1.DeliverRequest
-	6, // 7: herald.plugins.v1.PluginHostService.ListChannels:input_type -> herald.plugins.v1.ListChannelsRequest
-	5, // 8: herald.plugins.v1.PluginHostService.Deliver:output_type -> herald.plugins.v1.DeliverResponse
-	8, // 9: herald.plugins.v1.PluginHostService.ListChannels:output_type -> herald.plugins.v1.ListChannelsResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	3,  // 0: herald.plugins.v1.DeliverRequest.delivery:type_name -> herald.plugins.v1.Delivery
+	4,  // 1: herald.plugins.v1.DeliverRequest.cancel:type_name -> herald.plugins.v1.Cancel
+	5,  // 2: herald.plugins.v1.DeliverRequest.ack:type_name -> herald.plugins.v1.Ack
+	3,  // 3: herald.plugins.v1.DeliverRequest.reconcile:type_name -> herald.plugins.v1.Delivery
+	10, // 4: herald.plugins.v1.Delivery.metadata:type_name -> herald.plugins.v1.Delivery.MetadataEntry
+	0,  // 5: herald.plugins.v1.DeliverResponse.outcome:type_name -> herald.plugins.v1.Outcome
+	1,  // 6: herald.plugins.v1.DeliverResponse.reconcile:type_name -> herald.plugins.v1.ReconcileAnswer
+	8,  // 7: herald.plugins.v1.ListChannelsResponse.channels:type_name -> herald.plugins.v1.Channel
+	2,  // 8: herald.plugins.v1.PluginHostService.Deliver:input_type -> herald.plugins.v1.DeliverRequest
+	7,  // 9: herald.plugins.v1.PluginHostService.ListChannels:input_type -> herald.plugins.v1.ListChannelsRequest
+	6,  // 10: herald.plugins.v1.PluginHostService.Deliver:output_type -> herald.plugins.v1.DeliverResponse
+	9,  // 11: herald.plugins.v1.PluginHostService.ListChannels:output_type -> herald.plugins.v1.ListChannelsResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_herald_plugins_v1_plugins_proto_init() }
@@ -790,13 +902,14 @@ func file_herald_plugins_v1_plugins_proto_init() {
 		(*DeliverRequest_Delivery)(nil),
 		(*DeliverRequest_Cancel)(nil),
 		(*DeliverRequest_Ack)(nil),
+		(*DeliverRequest_Reconcile)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_plugins_v1_plugins_proto_rawDesc), len(file_herald_plugins_v1_plugins_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -38,6 +38,10 @@ type PluginHostServiceClient interface {
 	// the tracker. When the stream breaks, the host reports every answer not
 	// yet acked to the tracker itself, fenced by its lease token, so a queue
 	// that dies between an answer and its report causes no re-send.
+	// A reconcile request asks the channel's adapter whether its provider has
+	// the message, without sending it; it is answered like a delivery, with
+	// DeliverResponse.reconcile set. A host that predates reconcile requests
+	// ends the stream with INVALID_ARGUMENT instead of sending them.
 	// Not idempotent: every delivery is a provider call. When the stream breaks,
 	// deliveries without an answer have an unknown outcome.
 	Deliver(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[DeliverRequest, DeliverResponse], error)
@@ -88,6 +92,10 @@ type PluginHostServiceServer interface {
 	// the tracker. When the stream breaks, the host reports every answer not
 	// yet acked to the tracker itself, fenced by its lease token, so a queue
 	// that dies between an answer and its report causes no re-send.
+	// A reconcile request asks the channel's adapter whether its provider has
+	// the message, without sending it; it is answered like a delivery, with
+	// DeliverResponse.reconcile set. A host that predates reconcile requests
+	// ends the stream with INVALID_ARGUMENT instead of sending them.
 	// Not idempotent: every delivery is a provider call. When the stream breaks,
 	// deliveries without an answer have an unknown outcome.
 	Deliver(grpc.BidiStreamingServer[DeliverRequest, DeliverResponse]) error

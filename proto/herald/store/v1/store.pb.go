@@ -502,8 +502,27 @@ type Delivery struct {
 	// may still be confirmed (DELIVERED); any other end makes it ABORTED and
 	// it is never sent again.
 	AbortRequested bool `protobuf:"varint,13,opt,name=abort_requested,json=abortRequested,proto3" json:"abort_requested,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// When the current or last delivery lease was granted: the provider
+	// cannot have received that attempt earlier. Reconciliation asks the
+	// provider about what it received since.
+	AttemptStartedUnixNano int64 `protobuf:"varint,14,opt,name=attempt_started_unix_nano,json=attemptStartedUnixNano,proto3" json:"attempt_started_unix_nano,omitempty"`
+	// UNKNOWN under the reconcile policy: when the provider may next be
+	// asked whether it has the message (the grace period after the outcome
+	// became unknown, then a backoff after each failed try). Zero in records
+	// written before reconciliation existed: unknown_since_unix_nano stands
+	// in for it.
+	ReconcileAtUnixNano int64 `protobuf:"varint,15,opt,name=reconcile_at_unix_nano,json=reconcileAtUnixNano,proto3" json:"reconcile_at_unix_nano,omitempty"`
+	// UNKNOWN only: a worker holds a reconcile lease (lease_token,
+	// lease_expires_unix_nano) and is asking the provider whether it has the
+	// message. A reconcile lease never sends anything; when it expires the
+	// message stays UNKNOWN.
+	Reconciling bool `protobuf:"varint,16,opt,name=reconciling,proto3" json:"reconciling,omitempty"`
+	// Reconcile leases granted for the current unknown outcome; reset when
+	// the message leaves UNKNOWN. At the tracker's limit the message is
+	// dead-lettered with reason outcome_unknown.
+	ReconcileAttempts uint32 `protobuf:"varint,17,opt,name=reconcile_attempts,json=reconcileAttempts,proto3" json:"reconcile_attempts,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -627,6 +646,34 @@ func (x *Delivery) GetAbortRequested() bool {
 	return false
 }
 
+func (x *Delivery) GetAttemptStartedUnixNano() int64 {
+	if x != nil {
+		return x.AttemptStartedUnixNano
+	}
+	return 0
+}
+
+func (x *Delivery) GetReconcileAtUnixNano() int64 {
+	if x != nil {
+		return x.ReconcileAtUnixNano
+	}
+	return 0
+}
+
+func (x *Delivery) GetReconciling() bool {
+	if x != nil {
+		return x.Reconciling
+	}
+	return false
+}
+
+func (x *Delivery) GetReconcileAttempts() uint32 {
+	if x != nil {
+		return x.ReconcileAttempts
+	}
+	return 0
+}
+
 // Event is one entry of the event log and of a message's timeline.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -635,7 +682,10 @@ type Event struct {
 	Sequence     uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	TimeUnixNano int64  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	// message.accepted, delivery.leased, delivery.succeeded, delivery.retry,
-	// delivery.failed, delivery.unknown, message.dead_lettered, ...
+	// delivery.failed, delivery.unknown, delivery.reconcile_leased,
+	// delivery.reconciled, delivery.reconcile_not_found,
+	// delivery.reconcile_retry, delivery.reconcile_failed,
+	// message.dead_lettered, ...
 	Type          string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
 	MessageId     string `protobuf:"bytes,4,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	Tenant        string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -817,7 +867,7 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x0e \x01(\tR\n" +
-	"tracestate\"\x85\x04\n" +
+	"tracestate\"\xc6\x05\n" +
 	"\bDelivery\x12,\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x16.herald.store.v1.StateR\x05state\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
@@ -834,7 +884,11 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x16\n" +
 	"\x06reason\x18\v \x01(\tR\x06reason\x125\n" +
 	"\x17unknown_since_unix_nano\x18\f \x01(\x03R\x14unknownSinceUnixNano\x12'\n" +
-	"\x0fabort_requested\x18\r \x01(\bR\x0eabortRequested\"\x85\x03\n" +
+	"\x0fabort_requested\x18\r \x01(\bR\x0eabortRequested\x129\n" +
+	"\x19attempt_started_unix_nano\x18\x0e \x01(\x03R\x16attemptStartedUnixNano\x123\n" +
+	"\x16reconcile_at_unix_nano\x18\x0f \x01(\x03R\x13reconcileAtUnixNano\x12 \n" +
+	"\vreconciling\x18\x10 \x01(\bR\vreconciling\x12-\n" +
+	"\x12reconcile_attempts\x18\x11 \x01(\rR\x11reconcileAttempts\"\x85\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x12\n" +

@@ -38,6 +38,21 @@ const (
 	Result_RESULT_FAILED Result = 3
 	// The provider may have it; no outcome is known.
 	Result_RESULT_UNKNOWN Result = 4
+	// The results of a reconcile lease follow.
+	// The provider has the message: DELIVERED; provider_message_id is
+	// required.
+	Result_RESULT_RECONCILE_FOUND Result = 5
+	// The provider definitely does not have it: PENDING, due at once, for a
+	// new attempt.
+	Result_RESULT_RECONCILE_NOT_FOUND Result = 6
+	// The adapter cannot ask its provider (no such API, a missing
+	// permission): FAILED with reason outcome_unknown.
+	Result_RESULT_RECONCILE_CANNOT_ANSWER Result = 7
+	// Asking failed for now: the message stays UNKNOWN and is asked about
+	// again at retry_at_unix_nano or after the tracker's backoff, whichever is
+	// later; FAILED with reason outcome_unknown once the tracker's reconcile
+	// attempts are spent.
+	Result_RESULT_RECONCILE_ERROR Result = 8
 )
 
 // Enum value maps for Result.
@@ -48,13 +63,21 @@ var (
 		2: "RESULT_RETRY",
 		3: "RESULT_FAILED",
 		4: "RESULT_UNKNOWN",
+		5: "RESULT_RECONCILE_FOUND",
+		6: "RESULT_RECONCILE_NOT_FOUND",
+		7: "RESULT_RECONCILE_CANNOT_ANSWER",
+		8: "RESULT_RECONCILE_ERROR",
 	}
 	Result_value = map[string]int32{
-		"RESULT_UNSPECIFIED": 0,
-		"RESULT_DELIVERED":   1,
-		"RESULT_RETRY":       2,
-		"RESULT_FAILED":      3,
-		"RESULT_UNKNOWN":     4,
+		"RESULT_UNSPECIFIED":             0,
+		"RESULT_DELIVERED":               1,
+		"RESULT_RETRY":                   2,
+		"RESULT_FAILED":                  3,
+		"RESULT_UNKNOWN":                 4,
+		"RESULT_RECONCILE_FOUND":         5,
+		"RESULT_RECONCILE_NOT_FOUND":     6,
+		"RESULT_RECONCILE_CANNOT_ANSWER": 7,
+		"RESULT_RECONCILE_ERROR":         8,
 	}
 )
 
@@ -1223,8 +1246,14 @@ type LeaseRequest struct {
 	// How long to wait for due work when none is due now; 0 answers at once.
 	WaitMs int64 `protobuf:"varint,4,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	// Free slots for channels at or near their concurrency limit. A channel
-	// not listed is limited only by max.
-	ChannelSlots  map[string]uint32 `protobuf:"bytes,5,rep,name=channel_slots,json=channelSlots,proto3" json:"channel_slots,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// not listed is limited only by max. Reconcile leases take slots too:
+	// each is a provider call.
+	ChannelSlots map[string]uint32 `protobuf:"bytes,5,rep,name=channel_slots,json=channelSlots,proto3" json:"channel_slots,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The caller can run reconcile leases. Only then does Lease hand out
+	// UNKNOWN messages of channels whose unknown-outcome policy is reconcile,
+	// once their grace period has passed, so that a worker that does not
+	// know reconciliation never mistakes one for a delivery.
+	Reconcile     bool `protobuf:"varint,6,opt,name=reconcile,proto3" json:"reconcile,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1294,6 +1323,16 @@ func (x *LeaseRequest) GetChannelSlots() map[string]uint32 {
 	return nil
 }
 
+func (x *LeaseRequest) GetReconcile() bool {
+	if x != nil {
+		return x.Reconcile
+	}
+	return false
+}
+
+// Lease is one leased message. When delivery.reconciling is set it is a
+// reconcile lease: ask the provider whether it has the message and report
+// a RESULT_RECONCILE_* outcome; never send it.
 type Lease struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Message       *v1.Message            `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
@@ -1396,9 +1435,10 @@ type Outcome struct {
 	LeaseToken        uint64                 `protobuf:"varint,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
 	Result            Result                 `protobuf:"varint,3,opt,name=result,proto3,enum=herald.tracker.v1.Result" json:"result,omitempty"`
 	ProviderMessageId string                 `protobuf:"bytes,4,opt,name=provider_message_id,json=providerMessageId,proto3" json:"provider_message_id,omitempty"`
-	// With RESULT_RETRY: how long from now the message is next due, on the
-	// tracker's clock. A duration, so the reporter's clock need not agree with
-	// the tracker's.
+	// With RESULT_RETRY: how long from now the message is next due. With
+	// RESULT_RECONCILE_ERROR: the least time to wait before asking again (0:
+	// the tracker's backoff alone). A duration on the tracker's clock, so the
+	// reporter's clock need not agree with the tracker's.
 	RetryAfterNanos int64  `protobuf:"varint,20,opt,name=retry_after_nanos,json=retryAfterNanos,proto3" json:"retry_after_nanos,omitempty"`
 	ErrorCode       string `protobuf:"bytes,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	ErrorDetail     string `protobuf:"bytes,7,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
@@ -1406,8 +1446,10 @@ type Outcome struct {
 	// Trace context of the attempt, recorded on the event.
 	TraceId string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	SpanId  string `protobuf:"bytes,10,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
-	// True when no provider call was made (circuit open, destination paused):
-	// the lease does not count against the attempt budget.
+	// True when no provider call was made (circuit open, destination paused,
+	// attempt budget already spent): the lease does not count against the
+	// attempt budget. With RESULT_RECONCILE_ERROR: the provider was not
+	// asked; the try does not count against the reconcile attempts.
 	NotAttempted  bool `protobuf:"varint,11,opt,name=not_attempted,json=notAttempted,proto3" json:"not_attempted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2144,13 +2186,14 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x0eAcceptResponse\x122\n" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x125\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12\x1c\n" +
-	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"\x96\x02\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"\xb4\x02\n" +
 	"\fLeaseRequest\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12*\n" +
 	"\x11lease_duration_ms\x18\x03 \x01(\x03R\x0fleaseDurationMs\x12\x17\n" +
 	"\await_ms\x18\x04 \x01(\x03R\x06waitMs\x12V\n" +
-	"\rchannel_slots\x18\x05 \x03(\v21.herald.tracker.v1.LeaseRequest.ChannelSlotsEntryR\fchannelSlots\x1a?\n" +
+	"\rchannel_slots\x18\x05 \x03(\v21.herald.tracker.v1.LeaseRequest.ChannelSlotsEntryR\fchannelSlots\x12\x1c\n" +
+	"\treconcile\x18\x06 \x01(\bR\treconcile\x1a?\n" +
 	"\x11ChannelSlotsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"r\n" +
@@ -2210,13 +2253,17 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x13last_event_sequence\x18\x03 \x01(\x04R\x11lastEventSequence\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*o\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*\xeb\x01\n" +
 	"\x06Result\x12\x16\n" +
 	"\x12RESULT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RESULT_DELIVERED\x10\x01\x12\x10\n" +
 	"\fRESULT_RETRY\x10\x02\x12\x11\n" +
 	"\rRESULT_FAILED\x10\x03\x12\x12\n" +
-	"\x0eRESULT_UNKNOWN\x10\x042\xff\v\n" +
+	"\x0eRESULT_UNKNOWN\x10\x04\x12\x1a\n" +
+	"\x16RESULT_RECONCILE_FOUND\x10\x05\x12\x1e\n" +
+	"\x1aRESULT_RECONCILE_NOT_FOUND\x10\x06\x12\"\n" +
+	"\x1eRESULT_RECONCILE_CANNOT_ANSWER\x10\a\x12\x1a\n" +
+	"\x16RESULT_RECONCILE_ERROR\x10\b2\xff\v\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +

@@ -60,14 +60,19 @@ type TrackerServiceClient interface {
 	// INTERNAL (store write failed: the tracker exits).
 	Accept(ctx context.Context, in *AcceptRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
-	// tokens, in one synced batch, and returns them. If none is due it waits up
+	// tokens, in one synced batch, and returns them. With reconcile set it
+	// also hands out reconcile leases (see Lease). If none is due it waits up
 	// to wait_ms for one (a long poll: a new Accept wakes it). Not idempotent:
 	// each call grants new leases. An empty answer is not an error.
+	// Errors: INVALID_ARGUMENT (lease_duration_ms not positive).
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
-	// Complete records a batch of delivery outcomes in one synced batch. Each
-	// outcome is a compare-and-set on (IN_FLIGHT, lease_token); a stale or
-	// repeated outcome is refused per item (results[i].applied=false) and
-	// changes nothing, so retrying a whole batch is safe.
+	// Complete records a batch of outcomes in one synced batch. Each outcome
+	// is a compare-and-set on its lease: a delivery result on (IN_FLIGHT,
+	// lease_token), a RESULT_RECONCILE_* result on (UNKNOWN with a reconcile
+	// lease, lease_token). A stale, repeated or mismatched outcome is refused
+	// per item (results[i].applied=false) and changes nothing, so retrying a
+	// whole batch is safe. Errors: INVALID_ARGUMENT (an outcome without a
+	// result, or more than 4096 outcomes).
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
 	// GetMessage returns a message, its delivery and its timeline.
 	// Errors: NOT_FOUND.
@@ -331,14 +336,19 @@ type TrackerServiceServer interface {
 	// INTERNAL (store write failed: the tracker exits).
 	Accept(context.Context, *AcceptRequest) (*AcceptResponse, error)
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
-	// tokens, in one synced batch, and returns them. If none is due it waits up
+	// tokens, in one synced batch, and returns them. With reconcile set it
+	// also hands out reconcile leases (see Lease). If none is due it waits up
 	// to wait_ms for one (a long poll: a new Accept wakes it). Not idempotent:
 	// each call grants new leases. An empty answer is not an error.
+	// Errors: INVALID_ARGUMENT (lease_duration_ms not positive).
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
-	// Complete records a batch of delivery outcomes in one synced batch. Each
-	// outcome is a compare-and-set on (IN_FLIGHT, lease_token); a stale or
-	// repeated outcome is refused per item (results[i].applied=false) and
-	// changes nothing, so retrying a whole batch is safe.
+	// Complete records a batch of outcomes in one synced batch. Each outcome
+	// is a compare-and-set on its lease: a delivery result on (IN_FLIGHT,
+	// lease_token), a RESULT_RECONCILE_* result on (UNKNOWN with a reconcile
+	// lease, lease_token). A stale, repeated or mismatched outcome is refused
+	// per item (results[i].applied=false) and changes nothing, so retrying a
+	// whole batch is safe. Errors: INVALID_ARGUMENT (an outcome without a
+	// result, or more than 4096 outcomes).
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
 	// GetMessage returns a message, its delivery and its timeline.
 	// Errors: NOT_FOUND.

@@ -27,7 +27,7 @@ import (
 	"github.com/heraldchat/herald/services/plugins/internal/pluginhost"
 )
 
-// maxBodyBytes bounds how much of a response body is read, both to parse
+// maxBodyBytes bounds how much of a response body Do reads, both to parse
 // it and to let the connection be reused.
 const maxBodyBytes = 64 << 10
 
@@ -70,10 +70,16 @@ type Response struct {
 	Body []byte
 }
 
-// Do sends req and reads the answer. On error, mayHaveSent says whether the
-// transport had a connection for the request, after which the provider may
-// have received it; before, it cannot have.
+// Do sends req and reads the answer (up to 64 KiB of its body). On error,
+// mayHaveSent says whether the transport had a connection for the request,
+// after which the provider may have received it; before, it cannot have.
 func Do(client *http.Client, req *http.Request) (resp *Response, mayHaveSent bool, err error) {
+	return DoRead(client, req, maxBodyBytes)
+}
+
+// DoRead is Do reading up to limit bytes of the body, for answers that
+// list things (a page of a conversation's history).
+func DoRead(client *http.Client, req *http.Request, limit int64) (resp *Response, mayHaveSent bool, err error) {
 	var sent atomic.Bool
 	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 		GotConn: func(httptrace.GotConnInfo) { sent.Store(true) },
@@ -87,7 +93,7 @@ func Do(client *http.Client, req *http.Request) (resp *Response, mayHaveSent boo
 		_, _ = io.Copy(io.Discard, io.LimitReader(hresp.Body, maxBodyBytes))
 		_ = hresp.Body.Close()
 	}()
-	body, err := io.ReadAll(io.LimitReader(hresp.Body, maxBodyBytes))
+	body, err := io.ReadAll(io.LimitReader(hresp.Body, limit))
 	if err != nil {
 		// The provider answered with a status; only the body was cut.
 		// Callers classify on what arrived.

@@ -10,16 +10,21 @@
 //	                 provider that received the request and is slow)
 //	flaky:<N>        RETRYABLE, PLG_001 while the delivery's Attempt <= N
 //	                 (attempts count from 1), then as "ok"
+//	lost             accepted and recorded as "ok", but answered UNKNOWN,
+//	                 PLG_006: the answer was lost on its way back
 //	panic            panics
 //
 // Anything after a '#' is a label and is ignored ("ok#alice"). Any other
 // recipient is PERMANENT, PLG_004.
 //
-// The adapter keeps a record of every delivery it reported DELIVERED, in
-// memory and, optionally, as JSON lines on a writer.
+// The adapter keeps a record of every delivery it accepted, in memory and,
+// optionally, as JSON lines on a writer; Replay loads an earlier record, so
+// that the record survives a restart. Reconcile answers from
+// that record: FOUND when it holds the message, NOT_FOUND otherwise.
 package mock
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -58,17 +63,43 @@ type Adapter struct {
 	out io.Writer
 	now func() time.Time
 
-	mu      sync.Mutex // guards records and writes to out
-	records []Record
+	mu       sync.Mutex // guards records, accepted and writes to out
+	records  []Record
+	accepted map[string]bool // message ids in records, replayed ones included
 }
 
 // New returns a mock adapter.
 func New(opts Options) *Adapter {
-	a := &Adapter{out: opts.Record, now: opts.Now}
+	a := &Adapter{out: opts.Record, now: opts.Now, accepted: map[string]bool{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
 	return a
+}
+
+// Replay loads JSON lines an earlier adapter wrote to its Record: what this
+// mock provider had already accepted, so that Reconcile answers for it
+// after a restart. Call it before the adapter serves. It fails when r
+// cannot be read or holds a line that is not a record.
+func (a *Adapter) Replay(r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for n := 1; sc.Scan(); n++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return fmt.Errorf("mock record line %d: %w", n, err)
+		}
+		a.accepted[rec.MessageID] = true
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read mock record: %w", err)
+	}
+	return nil
 }
 
 // Name returns "mock".
@@ -126,6 +157,13 @@ func (a *Adapter) Deliver(ctx context.Context, d *pluginhost.Delivery) pluginhos
 			return fail(pluginsv1.Outcome_OUTCOME_RETRYABLE, pluginhost.CodeProviderRejected)
 		}
 		return a.accept(d)
+	case "lost":
+		if arg == "" {
+			if res := a.accept(d); res.Outcome != pluginsv1.Outcome_OUTCOME_DELIVERED {
+				return res
+			}
+			return fail(pluginsv1.Outcome_OUTCOME_UNKNOWN, pluginhost.CodeNoAnswer)
+		}
 	case "panic":
 		if arg == "" {
 			panic("mock: scripted panic for message " + d.MessageID)
@@ -162,7 +200,30 @@ func (a *Adapter) accept(d *pluginhost.Delivery) pluginhost.Result {
 		}
 	}
 	a.records = append(a.records, r)
-	return pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: "mock-" + d.MessageID}
+	a.accepted[d.MessageID] = true
+	return pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: providerID(d.MessageID)}
+}
+
+func providerID(messageID string) string { return "mock-" + messageID }
+
+// Reconcile implements pluginhost.Reconciler from the mock provider's own
+// record: FOUND when it accepted the message, NOT_FOUND when it did not.
+// Without Options.Record and Replay the record is this process's only: give
+// both when the plugin host restarts and the mock channel reconciles.
+func (a *Adapter) Reconcile(ctx context.Context, d *pluginhost.Delivery) pluginhost.ReconcileResult {
+	if err := ctx.Err(); err != nil {
+		return pluginhost.ReconcileResult{
+			Answer:      pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_ERROR,
+			ErrorCode:   pluginhost.CodeNoAnswer,
+			Description: "mock: " + err.Error(),
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.accepted[d.MessageID] {
+		return pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_FOUND, ProviderMessageID: providerID(d.MessageID)}
+	}
+	return pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_NOT_FOUND}
 }
 
 func fail(o pluginsv1.Outcome, code string) pluginhost.Result {

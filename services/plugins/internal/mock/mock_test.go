@@ -118,3 +118,50 @@ func TestUnwritableRecordIsNotDelivered(t *testing.T) {
 		t.Errorf("got DELIVERED although the record was not written")
 	}
 }
+
+// The mock provider answers reconcile requests from its own record: what it
+// accepted (even when the answer was lost) is found, what it did not is
+// definitely not there, and a restarted adapter knows what its record file
+// holds.
+func TestReconcileAnswersFromTheRecord(t *testing.T) {
+	var file bytes.Buffer
+	a := mock.New(mock.Options{Record: &file, Now: func() time.Time { return fixed }})
+	deliver := func(id, recipient string) pluginhost.Result {
+		return a.Deliver(t.Context(), &pluginhost.Delivery{MessageID: id, Recipient: recipient, Attempt: 1})
+	}
+	if got := deliver("m-ok", "ok"); got.Outcome != pluginsv1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("ok: %v", got)
+	}
+	if got := deliver("m-lost", "lost"); got.Outcome != pluginsv1.Outcome_OUTCOME_UNKNOWN || got.ErrorCode != "PLG_006" {
+		t.Fatalf("lost: %v, want UNKNOWN PLG_006", got)
+	}
+	deliver("m-unknown", "fail:unknown")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	a.Deliver(ctx, &pluginhost.Delivery{MessageID: "m-cut", Recipient: "delay:1h"})
+
+	found := func(id string) pluginhost.ReconcileResult {
+		return pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_FOUND, ProviderMessageID: "mock-" + id}
+	}
+	notFound := pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_NOT_FOUND}
+	want := map[string]pluginhost.ReconcileResult{
+		"m-ok": found("m-ok"), "m-lost": found("m-lost"), "m-unknown": notFound, "m-cut": notFound, "m-never": notFound,
+	}
+	restarted := mock.New(mock.Options{})
+	if err := restarted.Replay(bytes.NewReader(file.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	for _, ad := range []*mock.Adapter{a, restarted} {
+		for id, w := range want {
+			if diff := cmp.Diff(w, ad.Reconcile(t.Context(), &pluginhost.Delivery{MessageID: id})); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", id, diff)
+			}
+		}
+	}
+	if n := len(a.Deliveries()); n != 2 {
+		t.Errorf("%d records, want 2: Reconcile must not record anything", n)
+	}
+	if err := mock.New(mock.Options{}).Replay(strings.NewReader("not json\n")); err == nil {
+		t.Error("Replay accepted a line that is not a record")
+	}
+}

@@ -39,4 +39,11 @@ const (
 	// description names the flag that sets it. No provider call is made.
 	// Permanent: a retry cannot help until the operator configures it.
 	CodeNotConfigured = "PLG_008"
+	// CodeCannotReconcile (PLG_009): asked whether its provider has a
+	// message whose outcome is unknown, the adapter cannot tell: the
+	// provider offers no way to read sent messages back (telegram, a
+	// webhook receiver), or the credential lacks the permission to (slack
+	// missing_scope, not_in_channel). The message is dead-lettered with
+	// reason outcome_unknown; an operator decides.
+	CodeCannotReconcile = "PLG_009"
 )

@@ -206,10 +206,12 @@ func (h *Host) ListChannels(context.Context, *pluginsv1.ListChannelsRequest) (*p
 	return resp, nil
 }
 
-// Deliver serves one pipelined delivery stream. Each Delivery runs in its own
-// goroutine under its deadline and is answered exactly once, in completion
-// order. A Cancel cancels the named delivery's context; the delivery is
-// still answered. An Ack releases answers the queue has made durable.
+// Deliver serves one pipelined delivery stream. Each Delivery (and each
+// Reconcile request, which asks the adapter whether its provider has the
+// message and sends nothing) runs in its own goroutine under its deadline
+// and is answered exactly once, in completion order. A Cancel cancels the
+// named request's context; it is still answered. An Ack releases answers
+// the queue has made durable.
 //
 // When the stream ends, cleanly or not, calls in flight are not cancelled:
 // they finish (within their deadlines), and every answer the queue did not
@@ -246,6 +248,58 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 			h.report(orphans)
 		}()
 	}()
+
+	// start runs one delivery or reconcile request in its own goroutine.
+	start := func(d *pluginsv1.Delivery, reconcile bool) error {
+		if d == nil {
+			return status.Error(codes.InvalidArgument, "delivery is empty")
+		}
+		id := d.GetRequestId()
+		timeout := h.defaultTimeout
+		if n := d.GetTimeoutNanos(); n > 0 {
+			timeout = time.Duration(n)
+		}
+		// The call's context carries the stream's trace values but not
+		// its cancellation: a dead queue must not cut a provider call
+		// whose answer the host can still report.
+		dctx, cancel := context.WithTimeout(detach(h.lifetime, stream.Context()), timeout)
+		mu.Lock()
+		if _, dup := inflight[id]; dup {
+			mu.Unlock()
+			cancel()
+			return status.Errorf(codes.InvalidArgument, "request_id %d is already in flight on this stream", id)
+		}
+		inflight[id] = cancel
+		mu.Unlock()
+
+		wg.Add(1)
+		h.calls.Add(1)
+		go func() {
+			defer wg.Done()
+			var resp *pluginsv1.DeliverResponse
+			if reconcile {
+				resp = h.reconcile(dctx, d)
+			} else {
+				resp = h.deliver(dctx, d)
+			}
+			h.calls.Add(-1)
+			cancel()
+			mu.Lock()
+			delete(inflight, id)
+			unacked[id] = Orphan{Delivery: d, Answer: resp, Reconcile: reconcile}
+			mu.Unlock()
+
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			if sendErr != nil {
+				return
+			}
+			if err := stream.Send(resp); err != nil {
+				sendErr = err
+			}
+		}()
+		return nil
+	}
 
 	// Recv runs apart so that the loop can also see the host draining.
 	type received struct {
@@ -305,51 +359,15 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 			}
 			mu.Unlock()
 		case *pluginsv1.DeliverRequest_Delivery:
-			d := k.Delivery
-			if d == nil {
-				return status.Error(codes.InvalidArgument, "delivery is empty")
+			if err := start(k.Delivery, false); err != nil {
+				return err
 			}
-			id := d.GetRequestId()
-			timeout := h.defaultTimeout
-			if n := d.GetTimeoutNanos(); n > 0 {
-				timeout = time.Duration(n)
+		case *pluginsv1.DeliverRequest_Reconcile:
+			if err := start(k.Reconcile, true); err != nil {
+				return err
 			}
-			// The call's context carries the stream's trace values but not
-			// its cancellation: a dead queue must not cut a provider call
-			// whose answer the host can still report.
-			dctx, cancel := context.WithTimeout(detach(h.lifetime, stream.Context()), timeout)
-			mu.Lock()
-			if _, dup := inflight[id]; dup {
-				mu.Unlock()
-				cancel()
-				return status.Errorf(codes.InvalidArgument, "request_id %d is already in flight on this stream", id)
-			}
-			inflight[id] = cancel
-			mu.Unlock()
-
-			wg.Add(1)
-			h.calls.Add(1)
-			go func() {
-				defer wg.Done()
-				resp := h.deliver(dctx, d)
-				h.calls.Add(-1)
-				cancel()
-				mu.Lock()
-				delete(inflight, id)
-				unacked[id] = Orphan{Delivery: d, Answer: resp}
-				mu.Unlock()
-
-				sendMu.Lock()
-				defer sendMu.Unlock()
-				if sendErr != nil {
-					return
-				}
-				if err := stream.Send(resp); err != nil {
-					sendErr = err
-				}
-			}()
 		default:
-			return status.Error(codes.InvalidArgument, "request has no delivery, cancel or ack")
+			return status.Error(codes.InvalidArgument, "request has no delivery, reconcile, cancel or ack")
 		}
 	}
 }
@@ -391,19 +409,10 @@ func (h *Host) report(orphans []Orphan) {
 // deliver runs one delivery and returns its answer. It never returns
 // DELIVERED without a provider message id.
 func (h *Host) deliver(ctx context.Context, pd *pluginsv1.Delivery) *pluginsv1.DeliverResponse {
-	ctx, span := startSpan(ctx, pd)
+	ctx, span := startSpan(ctx, pd, "plugins.Deliver")
 	defer span.End()
 
-	d := &Delivery{
-		MessageID:    pd.GetMessageId(),
-		Channel:      pd.GetChannel(),
-		Recipient:    pd.GetRecipient(),
-		Conversation: pd.GetConversation(),
-		Text:         pd.GetText(),
-		Sequence:     pd.GetSequence(),
-		Attempt:      pd.GetAttempt(),
-		Metadata:     pd.GetMetadata(),
-	}
+	d := toDelivery(pd)
 
 	var res Result
 	adapterName := ""
@@ -417,7 +426,17 @@ func (h *Host) deliver(ctx context.Context, pd *pluginsv1.Delivery) *pluginsv1.D
 	} else {
 		adapterName = ch.adapter.Name()
 		start := time.Now()
-		res = guard(h.call(ctx, ch.adapter, d))
+		res = guard(call(h, ctx, d, ch.adapter.Name(), func(ctx context.Context) Result { return ch.adapter.Deliver(ctx, d) },
+			Result{
+				Outcome:     pluginsv1.Outcome_OUTCOME_UNKNOWN,
+				ErrorCode:   CodeAdapterPanic,
+				Description: "adapter panicked; the provider call may have happened",
+			},
+			Result{
+				Outcome:     pluginsv1.Outcome_OUTCOME_UNKNOWN,
+				ErrorCode:   CodeNoAnswer,
+				Description: fmt.Sprintf("adapter did not return within %s after its deadline or cancellation", h.abandonAfter),
+			}))
 		h.metrics.callDuration.WithLabelValues(d.Channel, outcomeLabel(res.Outcome)).Observe(time.Since(start).Seconds())
 		if res.Outcome == pluginsv1.Outcome_OUTCOME_DELIVERED {
 			ch.failures.Store(0)
@@ -449,28 +468,41 @@ func (h *Host) deliver(ctx context.Context, pd *pluginsv1.Delivery) *pluginsv1.D
 	}
 }
 
-// call runs the adapter, turning a panic into UNKNOWN (the provider call may
-// have happened before it) and giving up on an adapter that ignores its
-// context for longer than abandonAfter.
-func (h *Host) call(ctx context.Context, a Adapter, d *Delivery) Result {
-	done := make(chan Result, 1) // buffered: an abandoned adapter must not block
+func toDelivery(pd *pluginsv1.Delivery) *Delivery {
+	d := &Delivery{
+		MessageID:    pd.GetMessageId(),
+		Channel:      pd.GetChannel(),
+		Recipient:    pd.GetRecipient(),
+		Conversation: pd.GetConversation(),
+		Text:         pd.GetText(),
+		Sequence:     pd.GetSequence(),
+		Attempt:      pd.GetAttempt(),
+		Metadata:     pd.GetMetadata(),
+	}
+	if n := pd.GetAttemptStartedUnixNano(); n != 0 {
+		d.AttemptStarted = time.Unix(0, n)
+	}
+	return d
+}
+
+// call runs an adapter method, answering panicked when it panics (for a
+// delivery the provider call may have happened before it) and abandoned
+// when it ignores its context for longer than abandonAfter.
+func call[R any](h *Host, ctx context.Context, d *Delivery, adapter string, run func(context.Context) R, panicked, abandoned R) R {
+	done := make(chan R, 1) // buffered: an abandoned adapter must not block
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
 				h.logger.ErrorContext(ctx, "adapter panicked",
 					slog.String("message_id", d.MessageID),
 					slog.String("channel", d.Channel),
-					slog.String("adapter", a.Name()),
+					slog.String("adapter", adapter),
 					slog.Any("panic", p),
 					slog.String("stack", string(debug.Stack())))
-				done <- Result{
-					Outcome:     pluginsv1.Outcome_OUTCOME_UNKNOWN,
-					ErrorCode:   CodeAdapterPanic,
-					Description: "adapter panicked; the provider call may have happened",
-				}
+				done <- panicked
 			}
 		}()
-		done <- a.Deliver(ctx, d)
+		done <- run(ctx)
 	}()
 
 	select {
@@ -484,11 +516,7 @@ func (h *Host) call(ctx context.Context, a Adapter, d *Delivery) Result {
 	case res := <-done:
 		return res
 	case <-t.C:
-		return Result{
-			Outcome:     pluginsv1.Outcome_OUTCOME_UNKNOWN,
-			ErrorCode:   CodeNoAnswer,
-			Description: fmt.Sprintf("adapter did not return within %s after its deadline or cancellation", h.abandonAfter),
-		}
+		return abandoned
 	}
 }
 
@@ -538,7 +566,7 @@ func (h *Host) logFailure(ctx context.Context, d *Delivery, adapter string, res 
 
 // startSpan starts the delivery's span as a child of the message's trace
 // (traceparent/tracestate), so every attempt joins the message's trace.
-func startSpan(ctx context.Context, d *pluginsv1.Delivery) (context.Context, trace.Span) {
+func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context.Context, trace.Span) {
 	opts := []trace.SpanStartOption{
 		trace.WithAttributes(
 			attribute.String("herald.message_id", d.GetMessageId()),
@@ -557,5 +585,5 @@ func startSpan(ctx context.Context, d *pluginsv1.Delivery) (context.Context, tra
 		// long-lived span.
 		opts = append(opts, trace.WithNewRoot())
 	}
-	return otel.Tracer(tracerName).Start(ctx, "plugins.Deliver", opts...)
+	return otel.Tracer(tracerName).Start(ctx, name, opts...)
 }

@@ -12,9 +12,9 @@ import (
 
 // Metrics are the plugin host's Prometheus metrics:
 //
-//	herald_provider_call_duration_seconds{channel,outcome}  adapter calls (the provider round trip), by outcome: delivered, retryable, permanent, unknown
+//	herald_provider_call_duration_seconds{channel,outcome}  adapter calls (the provider round trip), by outcome: delivered, retryable, permanent, unknown; reconcile requests as reconcile_found, reconcile_not_found, reconcile_cannot_answer, reconcile_error
 //	herald_channel_healthy{channel}                        1 while fewer than 3 consecutive outcomes were not DELIVERED, else 0 (as ListChannels)
-//	herald_delivery_errors_total{channel,error_code}       deliveries answered other than DELIVERED, by error code
+//	herald_delivery_errors_total{channel,error_code}       deliveries answered other than DELIVERED, and reconcile requests answered other than found or not found, by error code
 //
 // One Metrics serves one Host.
 type Metrics struct {

@@ -14,6 +14,8 @@ import (
 type Orphan struct {
 	Delivery *pluginsv1.Delivery
 	Answer   *pluginsv1.DeliverResponse
+	// Reconcile is true for the answer to a reconcile request.
+	Reconcile bool
 }
 
 // Reporter records orphaned answers in the tracker.
@@ -68,7 +70,8 @@ func (r TrackerReporter) Report(ctx context.Context, orphans []Orphan) error {
 
 // orphanOutcome maps an answer to the outcome to record. A retryable answer
 // is retried after its retry-after (at least a second): the queue's backoff
-// policy takes over from the next attempt.
+// policy takes over from the next attempt. A reconcile answer maps to its
+// RESULT_RECONCILE_* result.
 func orphanOutcome(o Orphan) *trackerv1.Outcome {
 	a := o.Answer
 	out := &trackerv1.Outcome{
@@ -77,6 +80,23 @@ func orphanOutcome(o Orphan) *trackerv1.Outcome {
 		ErrorCode:   a.GetErrorCode(),
 		ErrorDetail: a.GetDescription(),
 		Adapter:     a.GetAdapter(),
+	}
+	if o.Reconcile {
+		switch a.GetReconcile() {
+		case pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_FOUND:
+			out.Result = trackerv1.Result_RESULT_RECONCILE_FOUND
+			out.ProviderMessageId = a.GetProviderMessageId()
+		case pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_NOT_FOUND:
+			out.Result = trackerv1.Result_RESULT_RECONCILE_NOT_FOUND
+		case pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER:
+			out.Result = trackerv1.Result_RESULT_RECONCILE_CANNOT_ANSWER
+		default:
+			out.Result = trackerv1.Result_RESULT_RECONCILE_ERROR
+			if ra := a.GetRetryAfterMs(); ra > 0 {
+				out.RetryAfterNanos = (time.Duration(ra) * time.Millisecond).Nanoseconds()
+			}
+		}
+		return out
 	}
 	switch a.GetOutcome() {
 	case pluginsv1.Outcome_OUTCOME_DELIVERED:

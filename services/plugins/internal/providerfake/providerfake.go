@@ -1,7 +1,9 @@
 // Package providerfake is a pair of fake chat providers for tests: a
 // telegram Bot API that serves sendMessage and a slack Web API that serves
-// chat.postMessage, both on httptest servers. Each answers from a script of
-// responses, then with success, and records every request it received.
+// chat.postMessage and conversations.history, both on httptest servers.
+// Each answers from a script of responses, then with success, and records
+// every request it received. The slack fake keeps each channel's history:
+// the posts it accepted and messages a test adds.
 //
 // They check credentials the way the real APIs do (a wrong bot token gets
 // telegram's 401, a wrong bearer token slack's invalid_auth) and nothing
@@ -9,13 +11,19 @@
 package providerfake
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Response is one scripted answer.
@@ -37,6 +45,18 @@ type Request struct {
 	Header http.Header
 	// JSON is the decoded body; nil if it was not a JSON object.
 	JSON map[string]any
+	// Form holds the query and a form-encoded body's fields.
+	Form url.Values
+}
+
+// SlackMessage is one message in a fake slack channel's history.
+type SlackMessage struct {
+	Channel string
+	// TS is its timestamp ("1700000000.000001"), which orders the history.
+	TS   string
+	Text string
+	// Metadata is the post's "metadata" object as sent; nil when none.
+	Metadata map[string]any
 }
 
 // Server is a running fake provider. Close it when done.
@@ -47,6 +67,11 @@ type Server struct {
 	script   []Response
 	requests []Request
 	sent     int // successful answers so far, for ids
+
+	// slack only
+	historyScript []Response
+	history       []SlackMessage
+	lastTS        int64 // microseconds, so that timestamps strictly increase
 }
 
 // Requests returns the requests received so far, in arrival order,
@@ -87,29 +112,158 @@ func NewTelegram(token string, script ...Response) *Server {
 	return s
 }
 
-// NewSlack starts a fake Web API for token. POST /api/chat.postMessage with
-// "Authorization: Bearer <token>" answers with the next scripted response,
-// or, when the script is used up, {"ok":true,"channel":<the request's
-// channel>,"ts":"1700000000.00000N"}. A missing token gets not_authed, a
-// wrong one invalid_auth, any other path 404.
+// NewSlack starts a fake Web API for token; every call needs
+// "Authorization: Bearer <token>" (a missing token gets not_authed, a wrong
+// one invalid_auth, any other path 404).
+//
+// POST /api/chat.postMessage answers with the next scripted response, or,
+// when the script is used up, accepts the post: it joins the channel's
+// history with the current time as its ts, and the answer is
+// {"ok":true,"channel":<the request's channel>,"ts":<ts>}.
+//
+// GET or POST /api/conversations.history answers with the next response
+// scripted with ScriptHistory, or else pages through the channel's history
+// as the Web API does: newest first, from oldest (inclusive when asked),
+// limit messages (default 100) per page with a next_cursor, and each
+// message's metadata only with include_all_metadata.
 func NewSlack(token string, script ...Response) *Server {
 	s := &Server{script: script}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req := s.record(r)
 		auth := r.Header.Get("Authorization")
 		switch {
-		case r.URL.Path != "/api/chat.postMessage" || r.Method != http.MethodPost:
+		case !(r.URL.Path == "/api/chat.postMessage" && r.Method == http.MethodPost) && r.URL.Path != "/api/conversations.history":
 			write(w, Response{Status: http.StatusNotFound, Body: `{"ok":false,"error":"unknown_method"}`})
 		case auth == "":
 			write(w, SlackError("not_authed"))
 		case auth != "Bearer "+token:
 			write(w, SlackError("invalid_auth"))
+		case r.URL.Path == "/api/conversations.history":
+			write(w, s.conversationsHistory(req.Form))
 		default:
-			channel, _ := req.JSON["channel"].(string)
-			write(w, s.next(func(n int) Response { return SlackOK(channel, fmt.Sprintf("1700000000.%06d", n)) }))
+			write(w, s.post(req))
 		}
 	}))
 	return s
+}
+
+// post answers a chat.postMessage: scripted, or accepted into the history.
+func (s *Server) post(req Request) Response {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.script) > 0 {
+		r := s.script[0]
+		s.script = s.script[1:]
+		return r
+	}
+	s.sent++
+	channel, _ := req.JSON["channel"].(string)
+	text, _ := req.JSON["text"].(string)
+	meta, _ := req.JSON["metadata"].(map[string]any)
+	ts := s.nextTSLocked()
+	s.history = append(s.history, SlackMessage{Channel: channel, TS: ts, Text: text, Metadata: meta})
+	return SlackOK(channel, ts)
+}
+
+func (s *Server) nextTSLocked() string {
+	us := max(time.Now().UnixMicro(), s.lastTS+1)
+	s.lastTS = us
+	return fmt.Sprintf("%d.%06d", us/1e6, us%1e6)
+}
+
+// ScriptHistory appends responses that conversations.history gives before
+// it answers from the history again.
+func (s *Server) ScriptHistory(responses ...Response) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.historyScript = append(s.historyScript, responses...)
+}
+
+// AddMessages adds messages to the history as if others had posted them
+// now; an empty TS gets the current time.
+func (s *Server) AddMessages(msgs ...SlackMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		if m.TS == "" {
+			m.TS = s.nextTSLocked()
+		}
+		s.history = append(s.history, m)
+	}
+}
+
+// History returns every message in every channel, oldest first.
+func (s *Server) History() []SlackMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]SlackMessage(nil), s.history...)
+	slices.SortStableFunc(out, func(a, b SlackMessage) int { return compareTS(a.TS, b.TS) })
+	return out
+}
+
+func (s *Server) conversationsHistory(form url.Values) Response {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.historyScript) > 0 {
+		r := s.historyScript[0]
+		s.historyScript = s.historyScript[1:]
+		return r
+	}
+	channel, oldest := form.Get("channel"), form.Get("oldest")
+	inclusive := form.Get("inclusive") == "true" || form.Get("inclusive") == "1"
+	withMeta := form.Get("include_all_metadata") == "true" || form.Get("include_all_metadata") == "1"
+	limit, err := strconv.Atoi(form.Get("limit"))
+	if err != nil || limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 999)
+	start, _ := strconv.Atoi(strings.TrimPrefix(form.Get("cursor"), "page:"))
+	var msgs []SlackMessage
+	for _, m := range s.history {
+		if m.Channel != channel {
+			continue
+		}
+		if oldest != "" {
+			c := compareTS(m.TS, oldest)
+			if c < 0 || c == 0 && !inclusive {
+				continue
+			}
+		}
+		msgs = append(msgs, m)
+	}
+	slices.SortStableFunc(msgs, func(a, b SlackMessage) int { return compareTS(b.TS, a.TS) }) // newest first
+	start = min(max(start, 0), len(msgs))
+	end := min(start+limit, len(msgs))
+	page := make([]map[string]any, 0, end-start)
+	for _, m := range msgs[start:end] {
+		o := map[string]any{"type": "message", "ts": m.TS, "text": m.Text}
+		if withMeta && m.Metadata != nil {
+			o["metadata"] = m.Metadata
+		}
+		page = append(page, o)
+	}
+	ans := map[string]any{"ok": true, "messages": page, "has_more": end < len(msgs), "pin_count": 0}
+	if end < len(msgs) {
+		ans["response_metadata"] = map[string]any{"next_cursor": fmt.Sprintf("page:%d", end)}
+	}
+	b, _ := json.Marshal(ans)
+	return Response{Body: string(b)}
+}
+
+// compareTS orders slack timestamps ("seconds.micros").
+func compareTS(a, b string) int {
+	parse := func(ts string) (int64, int64) {
+		sec, frac, _ := strings.Cut(ts, ".")
+		si, _ := strconv.ParseInt(sec, 10, 64)
+		fi, _ := strconv.ParseInt((frac + "000000")[:6], 10, 64)
+		return si, fi
+	}
+	as, af := parse(a)
+	bs, bf := parse(b)
+	if c := cmp.Compare(as, bs); c != 0 {
+		return c
+	}
+	return cmp.Compare(af, bf)
 }
 
 // TelegramOK is sendMessage's success answer for message id.
@@ -138,8 +292,12 @@ func SlackError(code string) Response {
 
 func (s *Server) record(r *http.Request) Request {
 	b, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(b))
 	req := Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone()}
 	_ = json.Unmarshal(b, &req.JSON)
+	if r.ParseForm() == nil {
+		req.Form = r.Form
+	}
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
 	s.mu.Unlock()

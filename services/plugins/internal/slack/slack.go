@@ -1,5 +1,8 @@
 // Package slack is the slack channel adapter: it posts each delivery with
-// the Web API's chat.postMessage and classifies the answer.
+// the Web API's chat.postMessage and classifies the answer. Each post
+// carries message metadata (event type herald_message, payload
+// herald_message_id) so that Reconcile can find it again with
+// conversations.history when its outcome is unknown.
 //
 // The recipient is a channel id ("C0123456789") or a user id for a direct
 // message. The adapter does not retry. The token travels only in the
@@ -46,7 +49,8 @@ type Options struct {
 type Adapter struct {
 	client   *http.Client
 	token    string
-	endpoint string
+	endpoint string // chat.postMessage
+	history  string // conversations.history
 	now      func() time.Time
 }
 
@@ -62,12 +66,16 @@ func New(opts Options) (*Adapter, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("slack base URL %q: want an absolute http or https URL such as %s", base, DefaultBaseURL)
 	}
-	u.Path = strings.TrimRight(u.Path, "/") + "/api/chat.postMessage"
 	u.RawPath, u.RawQuery, u.Fragment = "", "", ""
+	api := strings.TrimRight(u.Path, "/") + "/api/"
+	u.Path = api + "chat.postMessage"
+	endpoint := u.String()
+	u.Path = api + "conversations.history"
 	a := &Adapter{
 		client:   httpcall.NewClient(httpcall.ClientOptions{TracerProvider: opts.TracerProvider}),
 		token:    strings.TrimSpace(opts.Token),
-		endpoint: u.String(),
+		endpoint: endpoint,
+		history:  u.String(),
 		now:      opts.Now,
 	}
 	if a.now == nil {
@@ -82,7 +90,8 @@ func (a *Adapter) Name() string { return "slack" }
 // Close releases idle connections.
 func (a *Adapter) Close() { a.client.CloseIdleConnections() }
 
-// Deliver posts d.Text to the channel d.Recipient.
+// Deliver posts d.Text to the channel d.Recipient, with herald's message id
+// in the post's metadata.
 //
 //   - no token configured: PERMANENT, PLG_008 (no call is made)
 //   - empty recipient: PERMANENT, PLG_004
@@ -112,7 +121,10 @@ func (a *Adapter) Deliver(ctx context.Context, d *pluginhost.Delivery) pluginhos
 			Description: "recipient is empty: want a slack channel or user id",
 		}
 	}
-	body, err := json.Marshal(request{Channel: d.Recipient, Text: d.Text})
+	body, err := json.Marshal(request{Channel: d.Recipient, Text: d.Text, Metadata: &metadata{
+		EventType:    metadataEventType,
+		EventPayload: map[string]string{metadataMessageID: d.MessageID},
+	}})
 	if err != nil {
 		// Strings always marshal; this is unreachable.
 		return pluginhost.Result{
@@ -141,8 +153,9 @@ func (a *Adapter) Deliver(ctx context.Context, d *pluginhost.Delivery) pluginhos
 // chat.postMessage's request and answer, as the Web API documents them.
 type (
 	request struct {
-		Channel string `json:"channel"`
-		Text    string `json:"text"`
+		Channel  string    `json:"channel"`
+		Text     string    `json:"text"`
+		Metadata *metadata `json:"metadata,omitempty"`
 	}
 	answer struct {
 		OK      *bool  `json:"ok"`

@@ -127,7 +127,11 @@ func TestDeliverClassifiesWebAPIAnswers(t *testing.T) {
 				t.Errorf("request %s %s, auth ok=%v; want POST /api/chat.postMessage with the bearer token",
 					r.Method, r.Path, r.Header.Get("Authorization") == "Bearer "+tok)
 			}
-			if diff := cmp.Diff(map[string]any{"channel": "C0123456789", "text": "hello"}, r.JSON); diff != "" {
+			// The metadata is what Reconcile finds the post by.
+			wantBody := map[string]any{"channel": "C0123456789", "text": "hello", "metadata": map[string]any{
+				"event_type": "herald_message", "event_payload": map[string]any{"herald_message_id": "m1"},
+			}}
+			if diff := cmp.Diff(wantBody, r.JSON); diff != "" {
 				t.Errorf("body (-want +got):\n%s", diff)
 			}
 		})

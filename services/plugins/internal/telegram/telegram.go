@@ -95,6 +95,19 @@ func New(opts Options) (*Adapter, error) {
 // Name returns "telegram".
 func (a *Adapter) Name() string { return "telegram" }
 
+// Reconcile implements pluginhost.Reconciler: it always answers
+// CANNOT_ANSWER, PLG_009. The Bot API has no way for a bot to read back the
+// messages it sent to a chat, so nothing can tell whether a sendMessage
+// whose answer was lost reached the chat; the telegram channel's
+// unknown-outcome policy should be fail.
+func (a *Adapter) Reconcile(context.Context, *pluginhost.Delivery) pluginhost.ReconcileResult {
+	return pluginhost.ReconcileResult{
+		Answer:      pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER,
+		ErrorCode:   pluginhost.CodeCannotReconcile,
+		Description: "telegram: the Bot API cannot read back sent messages, so it cannot tell whether this one arrived; use --unknown-policy telegram=fail",
+	}
+}
+
 // Close releases idle connections.
 func (a *Adapter) Close() { a.client.CloseIdleConnections() }
 

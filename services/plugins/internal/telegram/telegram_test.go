@@ -251,3 +251,22 @@ func TestNewRejectsBadConfiguration(t *testing.T) {
 		}
 	}
 }
+
+// The Bot API cannot read back sent messages: reconciliation cannot answer,
+// and asks nothing of telegram.
+func TestReconcileCannotAnswer(t *testing.T) {
+	fake := providerfake.NewTelegram(token)
+	defer fake.Close()
+	a, err := telegram.New(telegram.Options{Token: token, BaseURL: fake.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	got := a.Reconcile(t.Context(), &pluginhost.Delivery{MessageID: "m1", Recipient: "-1001234567890", AttemptStarted: time.Now()})
+	if got.Answer != pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER || got.ErrorCode != "PLG_009" || !strings.Contains(got.Description, "telegram=fail") {
+		t.Fatalf("got %+v, want CANNOT_ANSWER PLG_009 with a hint", got)
+	}
+	if n := len(fake.Requests()); n != 0 {
+		t.Fatalf("%d requests to telegram, want none", n)
+	}
+}

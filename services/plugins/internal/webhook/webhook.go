@@ -83,6 +83,18 @@ func New(opts Options) *Adapter {
 // Name returns "webhook".
 func (a *Adapter) Name() string { return "webhook" }
 
+// Reconcile implements pluginhost.Reconciler: it always answers
+// CANNOT_ANSWER, PLG_009. A webhook receiver offers no way to ask what it
+// received; it deduplicates by the webhook-id header (the message id)
+// instead, which is what the redeliver policy relies on.
+func (a *Adapter) Reconcile(context.Context, *pluginhost.Delivery) pluginhost.ReconcileResult {
+	return pluginhost.ReconcileResult{
+		Answer:      pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER,
+		ErrorCode:   pluginhost.CodeCannotReconcile,
+		Description: "webhook: a receiver cannot be asked what it received; use --unknown-policy webhook=redeliver (receivers deduplicate by webhook-id)",
+	}
+}
+
 // Close releases idle connections.
 func (a *Adapter) Close() { a.client.CloseIdleConnections() }
 

@@ -252,3 +252,21 @@ func TestDeliverReusesConnections(t *testing.T) {
 		t.Errorf("%d connections for 5 sequential calls, want 1", n)
 	}
 }
+
+// A webhook receiver cannot be asked what it received: reconciliation
+// cannot answer, and makes no request (the webhook channel's policy is
+// redeliver: receivers deduplicate by webhook-id).
+func TestReconcileCannotAnswer(t *testing.T) {
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests++ }))
+	defer srv.Close()
+	a := webhook.New(webhook.Options{})
+	defer a.Close()
+	got := a.Reconcile(t.Context(), &pluginhost.Delivery{MessageID: "m1", Recipient: srv.URL, AttemptStarted: time.Now()})
+	if got.Answer != pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_CANNOT_ANSWER || got.ErrorCode != "PLG_009" || !strings.Contains(got.Description, "webhook=redeliver") {
+		t.Fatalf("got %+v, want CANNOT_ANSWER PLG_009 with a hint", got)
+	}
+	if requests != 0 {
+		t.Fatalf("%d requests to the receiver, want none", requests)
+	}
+}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -25,6 +26,12 @@ type job struct {
 	// aborted: its call was cancelled because the message was aborted, so
 	// its end says nothing about the channel's health.
 	aborted atomic.Bool
+	// reconcile: a reconcile lease; the plugin host asks the provider
+	// whether it has the message and sends nothing.
+	reconcile bool
+	// exhausted: the attempt budget was spent before this attempt was
+	// sent; it is dead-lettered without a provider call.
+	exhausted bool
 }
 
 // conn is one Deliver stream and the jobs sent on it.
@@ -75,12 +82,31 @@ func (d *dispatcher) ready(ctx context.Context) error {
 	return nil
 }
 
-// dispatch sends one leased message to the plugin host. If it cannot be
-// sent, the message was not attempted and is retried soon.
+// dispatch sends one leased message to the plugin host: a delivery, or for
+// a reconcile lease, a reconcile request. If a delivery cannot be sent, the
+// message was not attempted and is retried soon.
 func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 	span, carrier := d.q.startAttempt(l)
-	j := &job{lease: l, span: span, deadline: d.q.now().Add(d.q.cfg.DeliverTimeout)}
+	j := &job{lease: l, span: span, deadline: d.q.now().Add(d.q.cfg.DeliverTimeout), reconcile: l.GetDelivery().GetReconciling()}
 	m := l.GetMessage()
+	if j.reconcile {
+		// Asking is not a delivery: the circuit breaker and retry-after
+		// pauses guard sends, and a reconcile's answer is not a sign of the
+		// channel's health. The tracker leases it within the channel's
+		// free slots, so an open circuit (no slots) holds it back too.
+		d.send(j, carrier)
+		return
+	}
+	if p := d.q.retryPolicy(m.GetChannel()); p.MaxAttempts > 0 && l.GetDelivery().GetAttempts() > p.MaxAttempts {
+		// Only re-sends after an unknown outcome (redeliver, or reconcile
+		// learning that the provider does not have it) get here: a
+		// retryable failure at the last attempt is dead-lettered at once.
+		// They spend the same budget.
+		j.exhausted = true
+		d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_PERMANENT, ErrorCode: "QUE_011",
+			Description: fmt.Sprintf("attempts exhausted (%d) before this one was sent; the earlier ones ended with an unknown outcome", p.MaxAttempts)}, nil, 0)
+		return
+	}
 
 	until, done := d.q.guard.hold(m.GetChannel(), m.GetRecipient())
 	if done == nil {
@@ -91,11 +117,21 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 		return
 	}
 	j.done = done
+	d.send(j, carrier)
+}
+
+// send hands j to the plugin host on the current stream.
+func (d *dispatcher) send(j *job, carrier map[string]string) {
+	l, m := j.lease, j.lease.GetMessage()
 	d.mu.Lock()
 	c := d.cur
 	if c == nil || c.broken {
 		d.mu.Unlock()
 		j.notAttempted = true
+		if j.reconcile {
+			d.q.finish(j, &pluginsv1.DeliverResponse{ErrorCode: "QUE_001", Description: "no stream to the plugin host"}, nil, 0)
+			return
+		}
 		j.done(errNotAttempted) // no provider call: neither success nor failure
 		d.q.finish(j, notSent("no stream to the plugin host"), nil, 0)
 		return
@@ -105,7 +141,7 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 	c.pending[id] = j
 	d.mu.Unlock()
 
-	req := &pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Delivery{Delivery: &pluginsv1.Delivery{
+	pd := &pluginsv1.Delivery{
 		RequestId:    id,
 		MessageId:    m.GetId(),
 		Channel:      m.GetChannel(),
@@ -119,7 +155,14 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 		Tracestate:   carrier["tracestate"],
 		TimeoutNanos: d.q.cfg.DeliverTimeout.Nanoseconds(),
 		LeaseToken:   l.GetDelivery().GetLeaseToken(),
-	}}}
+	}
+	req := &pluginsv1.DeliverRequest{Kind: &pluginsv1.DeliverRequest_Delivery{Delivery: pd}}
+	if j.reconcile {
+		// Records written before attempt starts were stored: the message's
+		// acceptance is the earliest the provider can have received it.
+		pd.AttemptStartedUnixNano = cmp.Or(l.GetDelivery().GetAttemptStartedUnixNano(), m.GetAcceptedAtUnixNano())
+		req.Kind = &pluginsv1.DeliverRequest_Reconcile{Reconcile: pd}
+	}
 	c.sendMu.Lock()
 	err := c.stream.Send(req)
 	c.sendMu.Unlock()

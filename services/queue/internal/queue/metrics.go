@@ -11,7 +11,8 @@ import (
 //	herald_deliveries_total{channel,result}     answered attempts: delivered, retry, failed, unknown
 //	herald_retries_total{channel}               attempts this queue scheduled for a retry
 //	herald_dead_letters_total{channel,code}     messages this queue dead-lettered, by the last error code
-//	herald_in_flight{channel}                   deliveries handed to the plugin host and not yet answered
+//	herald_in_flight{channel}                   deliveries (and reconcile requests) handed to the plugin host and not yet answered
+//	herald_reconciles_total{channel,result}     reconcile requests answered: found, not_found, cannot_answer, error
 //
 // A delivery held back before any provider call (open circuit, paused
 // destination) is not an attempt and is not counted.
@@ -20,6 +21,7 @@ type Metrics struct {
 	retries     *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
 	inFlight    *prometheus.GaugeVec
+	reconciles  *prometheus.CounterVec
 }
 
 // NewMetrics creates the queue's metrics and registers them on reg; a nil
@@ -42,9 +44,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "herald_in_flight",
 			Help: "Deliveries handed to the plugin host and not yet answered, by channel.",
 		}, []string{"channel"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_reconciles_total",
+			Help: "Reconcile requests answered (was a message whose outcome is unknown received by the provider?), by channel and result: found, not_found, cannot_answer or error.",
+		}, []string{"channel", "result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight} {
+		for _, c := range []prometheus.Collector{m.deliveries, m.retries, m.deadLetters, m.inFlight, m.reconciles} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register queue metrics: %w", err)
 			}

@@ -249,6 +249,7 @@ func (q *Queue) leaseLoop(ctx context.Context) {
 			LeaseDurationMs: q.cfg.LeaseDuration.Milliseconds(),
 			WaitMs:          1000,
 			ChannelSlots:    slots,
+			Reconcile:       true,
 		})
 		cancel()
 		if err != nil {
@@ -414,6 +415,7 @@ func (q *Queue) decideOutcome(j *job, r *pluginsv1.DeliverResponse) *trackerv1.O
 		}
 	case pluginsv1.Outcome_OUTCOME_PERMANENT:
 		o.Result = trackerv1.Result_RESULT_FAILED
+		o.NotAttempted = j.exhausted // its lease gives back the attempt it never made
 		q.failed.Add(1)
 	default:
 		o.Result = trackerv1.Result_RESULT_UNKNOWN
@@ -424,6 +426,9 @@ func (q *Queue) decideOutcome(j *job, r *pluginsv1.DeliverResponse) *trackerv1.O
 
 func describe(r *pluginsv1.DeliverResponse) string {
 	switch {
+	case r.GetAdapter() == "":
+		// The queue's own answer, or the host's before any adapter ran.
+		return r.GetDescription()
 	case r.GetProviderCode() != "" && r.GetDescription() != "":
 		return fmt.Sprintf("%s: %s (%s)", r.GetAdapter(), r.GetDescription(), r.GetProviderCode())
 	case r.GetDescription() != "":
@@ -451,6 +456,10 @@ type report struct {
 // joins the next Complete batch. c and reqID name the answer to ack on the
 // plugin host once the outcome is durable; c is nil when there is none.
 func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint64) {
+	if j.reconcile {
+		q.finishReconcile(j, r, c, reqID)
+		return
+	}
 	if !j.notAttempted {
 		q.guard.observe(j, r)
 	}
@@ -464,8 +473,8 @@ func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint
 	// code. The queue logs what only it knows: answers it made up itself
 	// (the host went away or stayed silent) and a retryable failure it
 	// dead-letters because the attempts or the age ran out.
-	synthetic := strings.HasPrefix(r.GetErrorCode(), "QUE_")
-	exhausted := o.Result == trackerv1.Result_RESULT_FAILED && r.GetOutcome() == pluginsv1.Outcome_OUTCOME_RETRYABLE
+	exhausted := j.exhausted || o.Result == trackerv1.Result_RESULT_FAILED && r.GetOutcome() == pluginsv1.Outcome_OUTCOME_RETRYABLE
+	synthetic := strings.HasPrefix(r.GetErrorCode(), "QUE_") && !exhausted
 	if !j.notAttempted && (synthetic || exhausted) {
 		lvl, msg := slog.LevelWarn, "delivery outcome unknown: the plugin host did not answer"
 		if exhausted {
@@ -541,14 +550,19 @@ func (q *Queue) Status(ctx context.Context, _ *queuev1.StatusRequest) (*queuev1.
 	}, nil
 }
 
-// startAttempt opens the attempt's span as a child of the trace stored with
-// the message, so every attempt, after any restart, joins the message's trace.
+// startAttempt opens the attempt's span (or a reconcile's) as a child of
+// the trace stored with the message, so every attempt, after any restart,
+// joins the message's trace.
 func (q *Queue) startAttempt(l *trackerv1.Lease) (trace.Span, propagation.MapCarrier) {
 	m := l.GetMessage()
 	parent := otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
 		"traceparent": m.GetTraceparent(), "tracestate": m.GetTracestate(),
 	})
-	ctx, span := q.tracer.Start(parent, "queue.attempt", trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(
+	name := "queue.attempt"
+	if l.GetDelivery().GetReconciling() {
+		name = "queue.reconcile"
+	}
+	ctx, span := q.tracer.Start(parent, name, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(
 		attribute.String("herald.message_id", m.GetId()),
 		attribute.String("herald.channel", m.GetChannel()),
 		attribute.String("herald.conversation", m.GetConversation()),

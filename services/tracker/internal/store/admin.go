@@ -22,13 +22,14 @@ var ErrTerminal = errors.New("message already finished")
 // ErrNotDeadLetter: redrive or purge of a message that is not FAILED.
 var ErrNotDeadLetter = errors.New("message is not a dead letter")
 
-// Abort cancels a message durably. A PENDING or UNKNOWN message becomes
-// ABORTED and leaves the recovery index in the same batch, so no restart
-// sends it. An IN_FLIGHT message keeps its lease, marked abort_requested:
-// its attempt may still be confirmed by the provider (then DELIVERED, which
-// is the truth); any other end makes it ABORTED, never a retry. Aborting a
-// message already terminal (or already aborting) returns ErrTerminal with
-// its delivery and changes nothing.
+// Abort cancels a message durably. A PENDING or UNKNOWN message (an
+// UNKNOWN one even while a reconcile lease asks the provider about it)
+// becomes ABORTED and leaves the recovery index in the same batch, so no
+// restart sends it. An IN_FLIGHT message keeps its lease, marked
+// abort_requested: its attempt may still be confirmed by the provider (then
+// DELIVERED, which is the truth); any other end makes it ABORTED, never a
+// retry. Aborting a message already terminal (or already aborting) returns
+// ErrTerminal with its delivery and changes nothing.
 func (s *Store) Abort(id, reason string) (*storev1.Delivery, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
@@ -62,9 +63,15 @@ func (s *Store) Abort(id, reason string) (*storev1.Delivery, error) {
 func (t *txn) abort(m *storev1.Message, d *storev1.Delivery, reason string) (*storev1.Delivery, error) {
 	next := proto.CloneOf(d)
 	next.Reason = reason
-	if d.GetState() == storev1.State_STATE_IN_FLIGHT {
+	switch d.GetState() {
+	case storev1.State_STATE_IN_FLIGHT:
 		next.AbortRequested = true
-	} else {
+	case storev1.State_STATE_UNKNOWN:
+		// Reconciling or not: the abort wins, and a reconcile lease's
+		// answer is then refused as stale.
+		abortedEnd(next)
+		leaveUnknown(next)
+	default:
 		next.State = storev1.State_STATE_ABORTED
 	}
 	if err := t.transition(m, d, next); err != nil {

@@ -140,7 +140,7 @@ func TestBackupRestoresPendingWork(t *testing.T) {
 	if rep := r.Verify(true); len(rep.Problems) > 0 {
 		t.Fatalf("backup does not verify: %v", rep.Problems)
 	}
-	l, err := r.Lease("w", 10, time.Minute, nil)
+	l, err := r.Lease("w", 10, time.Minute, nil, false)
 	if err != nil || len(l) != 1 || l[0].Message.Id != pending.Message.Id {
 		t.Fatalf("restored store leases %v (%v), want the pending message", l, err)
 	}

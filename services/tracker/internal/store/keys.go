@@ -25,7 +25,14 @@ const (
 	// under one kind:
 	//   recoveryDue     | due[8] | id[26]     PENDING, leasable from due
 	//   recoveryLeased  | expiry[8] | id[26]  IN_FLIGHT until its lease expires
-	//   recoveryUnknown | since[8] | id[26]   UNKNOWN, awaiting its policy
+	//   recoveryUnknown | at[8] | id[26]      UNKNOWN, awaiting its policy: at
+	//                                         is when the provider may next be
+	//                                         asked (reconcile_at), or for
+	//                                         records older than reconcile,
+	//                                         unknown-since
+	//   recoveryReconciling | expiry[8] | id[26]
+	//                                         UNKNOWN under a reconcile lease
+	//                                         until the lease expires
 	//   recoveryBlocked | id[26]              PENDING behind an earlier message
 	//                                         of its conversation
 	// Terminal states are never in it: leaving it and entering a terminal
@@ -67,10 +74,21 @@ const (
 	recoveryLeased  byte = 2
 	recoveryUnknown byte = 3
 	recoveryBlocked byte = 4
+	// recoveryReconciling was added without a schema change: a store
+	// written before it simply has no such entries.
+	recoveryReconciling byte = 5
 )
 
 // schemaVersion is the on-disk format this build reads and writes.
-const schemaVersion uint32 = 1
+//
+//	1  the first format
+//	2  reconciliation: the recoveryReconciling kind, recoveryUnknown keyed by
+//	   reconcile_at. A version 1 store is a valid version 2 store (an
+//	   UNKNOWN record without reconcile_at is keyed by unknown-since, as
+//	   before), so Open upgrades it by rewriting the version key; a build
+//	   that reads only version 1 then refuses the store instead of
+//	   misreading it.
+const schemaVersion uint32 = 2
 
 const idLen = 26
 
@@ -99,6 +117,9 @@ func parseRecoveryKey(k []byte) (kind byte, at int64, id string, err error) {
 		return 0, 0, "", fmt.Errorf("recovery key %x: bad prefix", k)
 	}
 	kind = k[1]
+	if kind < recoveryDue || kind > recoveryReconciling {
+		return 0, 0, "", fmt.Errorf("recovery key %x: unknown kind %d", k, kind)
+	}
 	rest := k[2:]
 	if kind != recoveryBlocked {
 		if len(rest) != 8+idLen {

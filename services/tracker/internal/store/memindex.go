@@ -32,21 +32,23 @@ func entryLess(a, b entry) bool {
 // shows an entry that is not durable. It is a hint: every transition re-reads
 // and checks the durable state before writing.
 type memIndex struct {
-	mu      sync.Mutex
-	due     *btree.BTreeG[entry] // PENDING, by due time
-	leased  *btree.BTreeG[entry] // IN_FLIGHT, by lease expiry
-	unknown *btree.BTreeG[entry] // UNKNOWN, by since
-	blocked int                  // PENDING behind an earlier message
-	wake    chan struct{}        // closed and replaced when due work is added
-	closed  bool
+	mu          sync.Mutex
+	due         *btree.BTreeG[entry] // PENDING, by due time
+	leased      *btree.BTreeG[entry] // IN_FLIGHT, by lease expiry
+	unknown     *btree.BTreeG[entry] // UNKNOWN, by when to reconcile
+	reconciling *btree.BTreeG[entry] // UNKNOWN under a reconcile lease, by lease expiry
+	blocked     int                  // PENDING behind an earlier message
+	wake        chan struct{}        // closed and replaced when due or unknown work is added
+	closed      bool
 }
 
 func newMemIndex() *memIndex {
 	return &memIndex{
-		due:     btree.NewG(32, entryLess),
-		leased:  btree.NewG(32, entryLess),
-		unknown: btree.NewG(32, entryLess),
-		wake:    make(chan struct{}),
+		due:         btree.NewG(32, entryLess),
+		leased:      btree.NewG(32, entryLess),
+		unknown:     btree.NewG(32, entryLess),
+		reconciling: btree.NewG(32, entryLess),
+		wake:        make(chan struct{}),
 	}
 }
 
@@ -58,6 +60,8 @@ func (x *memIndex) tree(kind byte) *btree.BTreeG[entry] {
 		return x.leased
 	case recoveryUnknown:
 		return x.unknown
+	case recoveryReconciling:
+		return x.reconciling
 	}
 	return nil
 }
@@ -89,7 +93,7 @@ func (x *memIndex) apply(changes []change) {
 		t := x.tree(c.kind)
 		if c.add {
 			t.ReplaceOrInsert(c.e)
-			woke = woke || c.kind == recoveryDue
+			woke = woke || c.kind == recoveryDue || c.kind == recoveryUnknown
 		} else {
 			t.Delete(c.e)
 		}
@@ -104,46 +108,59 @@ func (x *memIndex) apply(changes []change) {
 func (x *memIndex) size() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return x.due.Len() + x.leased.Len() + x.unknown.Len() + x.blocked
+	return x.due.Len() + x.leased.Len() + x.unknown.Len() + x.reconciling.Len() + x.blocked
 }
 
-// takeDue removes and returns up to max due entries (at ≤ now), skipping
-// channels without free slots. Taken entries are the caller's to lease; if
-// leasing one fails, whoever changed its state owns its index entry.
-func (x *memIndex) takeDue(now int64, max int, slots map[string]uint32) ([]entry, <-chan struct{}) {
+// take removes and returns up to max entries that are due (at ≤ now),
+// skipping channels without free slots: with reconcile, UNKNOWN entries
+// whose time to ask the provider has come first, then PENDING ones. Taken
+// entries are the caller's to lease; if leasing one fails, whoever changed
+// its state owns its index entry.
+func (x *memIndex) take(now int64, max int, slots map[string]uint32, reconcile bool) (unknown, due []entry) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	var out []entry
 	used := map[string]uint32{}
-	x.due.Ascend(func(e entry) bool {
-		if e.at > now || len(out) >= max {
-			return false
-		}
-		if free, limited := slots[e.channel]; limited && used[e.channel] >= free {
+	n := 0
+	from := func(t *btree.BTreeG[entry]) []entry {
+		var out []entry
+		t.Ascend(func(e entry) bool {
+			if e.at > now || n >= max {
+				return false
+			}
+			if free, limited := slots[e.channel]; limited && used[e.channel] >= free {
+				return true
+			}
+			used[e.channel]++
+			n++
+			out = append(out, e)
 			return true
+		})
+		for _, e := range out {
+			t.Delete(e)
 		}
-		used[e.channel]++
-		out = append(out, e)
-		return true
-	})
-	for _, e := range out {
-		x.due.Delete(e)
+		return out
 	}
-	return out, x.wake
+	if reconcile {
+		unknown = from(x.unknown)
+	}
+	return unknown, from(x.due)
 }
 
-// expired returns up to max leased entries whose lease expired at or before now.
+// expired returns up to max entries whose lease expired at or before now:
+// IN_FLIGHT ones and reconcile leases.
 func (x *memIndex) expired(now int64, max int) []entry {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	var out []entry
-	x.leased.Ascend(func(e entry) bool {
+	walk := func(e entry) bool {
 		if e.at > now || len(out) >= max {
 			return false
 		}
 		out = append(out, e)
 		return true
-	})
+	}
+	x.leased.Ascend(walk)
+	x.reconciling.Ascend(walk)
 	return out
 }
 

@@ -27,6 +27,12 @@ const (
 	EventExpired      = "message.expired"
 	EventAborted      = "message.aborted"
 	EventRedriven     = "message.redriven"
+
+	EventReconcileLeased   = "delivery.reconcile_leased"
+	EventReconciled        = "delivery.reconciled"
+	EventReconcileNotFound = "delivery.reconcile_not_found"
+	EventReconcileRetry    = "delivery.reconcile_retry"
+	EventReconcileFailed   = "delivery.reconcile_failed"
 )
 
 // Reasons recorded on terminal states.
@@ -181,34 +187,54 @@ type Leased struct {
 }
 
 // Lease moves up to max due PENDING messages to IN_FLIGHT under new lease
-// tokens and returns them; expired messages become EXPIRED instead. slots
+// tokens and returns them; expired messages become EXPIRED instead. With
+// reconcile, it also hands out reconcile leases first: UNKNOWN messages
+// whose time to ask the provider has come stay UNKNOWN, marked reconciling
+// under a new lease token (Delivery.Reconciling tells them apart). slots
 // limits channels (a channel absent from slots is limited by max only). The
 // whole lease batch is one synced commit. An empty result is not an error:
 // wait on DueSignal and call again.
-func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[string]uint32) ([]Leased, error) {
+func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[string]uint32, reconcile bool) ([]Leased, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
 	now := s.now().UnixNano()
-	entries, _ := s.index.takeDue(now, max, slots)
-	if len(entries) == 0 {
+	unknown, entries := s.index.take(now, max, slots, reconcile)
+	if len(unknown)+len(entries) == 0 {
 		return nil, nil
 	}
-	stripes := make(lockSet, 0, len(entries))
-	for _, e := range entries {
-		stripes = append(stripes, s.stripe(e.tenant, e.conversation))
+	// On an error nothing is committed: put back what was taken; the
+	// durable index still has it.
+	putBack := func() {
+		s.index.apply(readd(recoveryUnknown, unknown))
+		s.index.apply(readd(recoveryDue, entries))
+	}
+	stripes := make(lockSet, 0, len(unknown)+len(entries))
+	for _, es := range [][]entry{unknown, entries} {
+		for _, e := range es {
+			stripes = append(stripes, s.stripe(e.tenant, e.conversation))
+		}
 	}
 	stripes = s.lock(stripes)
 	defer s.unlock(stripes)
 
 	t := s.newTxn()
 	defer t.close()
-	out := make([]Leased, 0, len(entries))
+	out := make([]Leased, 0, len(unknown)+len(entries))
+	for _, e := range unknown {
+		l, ok, err := t.leaseReconcile(e, worker, leaseFor)
+		if err != nil {
+			putBack()
+			return nil, err
+		}
+		if ok {
+			out = append(out, l)
+		}
+	}
 	for _, e := range entries {
 		d, err := t.delivery(e.id)
 		if err != nil {
-			// Put back what was not leased; the durable index still has it.
-			s.index.apply(readd(entries))
+			putBack()
 			return nil, err
 		}
 		if d.GetState() != storev1.State_STATE_PENDING || d.GetBlocked() || d.GetDueUnixNano() != e.at {
@@ -216,7 +242,7 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 		}
 		m, err := s.getMessage(e.id)
 		if err != nil {
-			s.index.apply(readd(entries))
+			putBack()
 			return nil, err
 		}
 		next := proto.CloneOf(d)
@@ -224,6 +250,7 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 			next.State = storev1.State_STATE_EXPIRED
 			next.Reason = ReasonExpired
 			if err := t.transition(m, d, next); err != nil {
+				putBack()
 				return nil, err
 			}
 			t.event(EventExpired, m, next, "DLV_004", "time-to-live passed before delivery")
@@ -233,7 +260,9 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 		next.Attempts++
 		next.LeaseToken++
 		next.LeaseExpiresUnixNano = t.now + leaseFor.Nanoseconds()
+		next.AttemptStartedUnixNano = t.now
 		if err := t.transition(m, d, next); err != nil {
+			putBack()
 			return nil, err
 		}
 		t.event(EventLeased, m, next, "", worker)
@@ -243,20 +272,27 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 	return out, nil
 }
 
-func readd(entries []entry) []change {
+func readd(kind byte, entries []entry) []change {
 	out := make([]change, len(entries))
 	for i, e := range entries {
-		out[i] = change{add: true, kind: recoveryDue, e: e}
+		out[i] = change{add: true, kind: kind, e: e}
 	}
 	return out
 }
 
-// DueSignal returns the earliest due time of PENDING work (ok=false when
-// there is none) and a channel closed when new due work is indexed.
-func (s *Store) DueSignal() (next time.Time, ok bool, changed <-chan struct{}) {
+// DueSignal returns the earliest time at which Lease has work (ok=false
+// when there is none): PENDING messages' due times and, with reconcile,
+// when UNKNOWN messages may next be asked about. changed is closed when new
+// such work is indexed.
+func (s *Store) DueSignal(reconcile bool) (next time.Time, ok bool, changed <-chan struct{}) {
 	s.index.mu.Lock()
 	defer s.index.mu.Unlock()
 	e, ok := s.index.due.Min()
+	if reconcile {
+		if u, uok := s.index.unknown.Min(); uok && (!ok || u.at < e.at) {
+			e, ok = u, true
+		}
+	}
 	return time.Unix(0, e.at), ok, s.index.wake
 }
 
@@ -268,7 +304,23 @@ const (
 	ResultRetry
 	ResultFailed
 	ResultUnknown
+
+	// The results of a reconcile lease (see reconcile.go).
+
+	// ResultReconcileFound: the provider has it; DELIVERED.
+	ResultReconcileFound
+	// ResultReconcileNotFound: the provider definitely does not have it;
+	// PENDING, due at once.
+	ResultReconcileNotFound
+	// ResultReconcileCannotAnswer: the adapter cannot ask; FAILED,
+	// outcome_unknown.
+	ResultReconcileCannotAnswer
+	// ResultReconcileError: asking failed for now; stays UNKNOWN.
+	ResultReconcileError
 )
+
+// reconcile reports whether r answers a reconcile lease.
+func (r Result) reconcile() bool { return r >= ResultReconcileFound && r <= ResultReconcileError }
 
 // Outcome is one attempt's result, fenced by the lease token it ran under.
 type Outcome struct {
@@ -277,7 +329,8 @@ type Outcome struct {
 	Result     Result
 	// ProviderMessageID is required with ResultDelivered.
 	ProviderMessageID string
-	// RetryAt is when a ResultRetry message is next due.
+	// RetryAt is when a ResultRetry message is next due; with
+	// ResultReconcileError, the earliest time to ask again.
 	RetryAt     time.Time
 	ErrorCode   string
 	ErrorDetail string
@@ -285,8 +338,10 @@ type Outcome struct {
 	TraceID     string
 	SpanID      string
 	// NotAttempted is true when no provider call was made under this lease
-	// (the channel's circuit was open, the destination paused): the lease
-	// gives back its attempt.
+	// (the channel's circuit was open, the destination paused, the attempt
+	// budget was spent): the lease gives back its attempt. With
+	// ResultReconcileError, the provider was not asked: the reconcile lease
+	// gives back its try, and the message is asked about at RetryAt.
 	NotAttempted bool
 }
 
@@ -298,8 +353,10 @@ type Applied struct {
 }
 
 // Complete records outcomes in one synced batch. Each is a compare-and-set
-// on (IN_FLIGHT, lease token): a stale or repeated outcome is not applied and
-// changes nothing, so a batch can be retried whole.
+// on its lease: a delivery result on (IN_FLIGHT, lease token), a reconcile
+// result on (UNKNOWN under a reconcile lease, lease token). A stale,
+// repeated or mismatched outcome is not applied and changes nothing, so a
+// batch can be retried whole.
 func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
@@ -334,6 +391,14 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 		if err != nil {
 			return nil, err
 		}
+		if o.Result.reconcile() {
+			refused, err := t.completeReconcile(m, d, o)
+			if err != nil {
+				return nil, err
+			}
+			res[i].Reason, res[i].Applied = refused, refused == ""
+			continue
+		}
 		if d.GetState() != storev1.State_STATE_IN_FLIGHT || d.GetLeaseToken() != o.LeaseToken {
 			res[i].Reason = fmt.Sprintf("stale lease: message is %s with lease %d, outcome has lease %d",
 				d.GetState(), d.GetLeaseToken(), o.LeaseToken)
@@ -355,7 +420,7 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 func (t *txn) applyOutcome(m *storev1.Message, d *storev1.Delivery, o Outcome) error {
 	next := proto.CloneOf(d)
 	next.LeaseExpiresUnixNano = 0
-	if o.NotAttempted && o.Result == ResultRetry && next.Attempts > 0 {
+	if o.NotAttempted && o.Result != ResultDelivered && next.Attempts > 0 {
 		next.Attempts--
 	}
 	if d.GetAbortRequested() && o.Result != ResultDelivered {
@@ -424,16 +489,29 @@ func (t *txn) unknown(m *storev1.Message, d, next *storev1.Delivery, code, detai
 	next.State = storev1.State_STATE_UNKNOWN
 	next.UnknownSinceUnixNano = t.now
 	next.LeaseExpiresUnixNano = 0
+	// Under the reconcile policy the provider is first asked after the
+	// grace period: by then the call whose outcome is unknown has ended.
+	next.ReconcileAtUnixNano = t.now + t.s.reconcileGrace.Nanoseconds()
+	next.ReconcileAttempts = 0
+	next.Reconciling = false
 	ev := t.event(EventUnknown, m, next, code, detail)
 	if traceID != "" {
 		ev.TraceId, ev.SpanId = traceID, spanID
 	}
+	return t.applyPolicy(m, d, next, code)
+}
+
+// applyPolicy resolves an UNKNOWN message (next, changing from d) by its
+// channel's policy: PENDING at once for redeliver, FAILED outcome_unknown
+// for fail; for reconcile it stays UNKNOWN until a reconcile lease asks
+// the provider.
+func (t *txn) applyPolicy(m *storev1.Message, d, next *storev1.Delivery, code string) error {
 	final := proto.CloneOf(next)
 	switch t.s.policy(m.GetChannel()) {
 	case PolicyRedeliver:
 		final.State = storev1.State_STATE_PENDING
 		final.DueUnixNano = t.now
-		final.UnknownSinceUnixNano = 0
+		leaveUnknown(final)
 		if err := t.transition(m, d, final); err != nil {
 			return err
 		}
@@ -441,7 +519,7 @@ func (t *txn) unknown(m *storev1.Message, d, next *storev1.Delivery, code, detai
 	case PolicyFail:
 		final.State = storev1.State_STATE_FAILED
 		final.Reason = ReasonOutcomeUnknown
-		final.UnknownSinceUnixNano = 0
+		leaveUnknown(final)
 		if err := t.transition(m, d, final); err != nil {
 			return err
 		}
@@ -453,8 +531,10 @@ func (t *txn) unknown(m *storev1.Message, d, next *storev1.Delivery, code, detai
 }
 
 // ExpireLeases moves up to max IN_FLIGHT messages whose lease expired to
-// UNKNOWN and applies their channel's policy, in one synced batch. It
-// returns how many it moved.
+// UNKNOWN and applies their channel's policy, and returns UNKNOWN messages
+// whose reconcile lease expired to UNKNOWN without a lease (never to
+// PENDING: see reconcileLater), in one synced batch. It returns how many it
+// moved.
 func (s *Store) ExpireLeases(max int) (int, error) {
 	if s.closed.Load() {
 		return 0, ErrClosed
@@ -477,7 +557,12 @@ func (s *Store) ExpireLeases(max int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if d.GetState() != storev1.State_STATE_IN_FLIGHT || d.GetLeaseExpiresUnixNano() != e.at {
+		if d.GetLeaseExpiresUnixNano() != e.at {
+			continue // changed since it was indexed
+		}
+		inFlight := d.GetState() == storev1.State_STATE_IN_FLIGHT
+		reconciling := d.GetState() == storev1.State_STATE_UNKNOWN && d.GetReconciling()
+		if !inFlight && !reconciling {
 			continue
 		}
 		m, err := s.getMessage(e.id)
@@ -485,7 +570,14 @@ func (s *Store) ExpireLeases(max int) (int, error) {
 			return 0, err
 		}
 		next := proto.CloneOf(d)
-		if err := t.unknown(m, d, next, "DLV_005", fmt.Sprintf("lease %d expired without an outcome", d.GetLeaseToken()), "", ""); err != nil {
+		if inFlight {
+			err = t.unknown(m, d, next, "DLV_005", fmt.Sprintf("lease %d expired without an outcome", d.GetLeaseToken()), "", "")
+		} else {
+			next.Reconciling = false
+			next.LeaseExpiresUnixNano = 0
+			err = t.reconcileLater(m, d, next, 0, "DLV_005", fmt.Sprintf("reconcile lease %d expired without an answer", d.GetLeaseToken()))
+		}
+		if err != nil {
 			return 0, err
 		}
 		n++

@@ -14,7 +14,7 @@ import (
 type PlanItem struct {
 	ID      string
 	Channel string
-	Kind    string // due, in_flight, unknown, blocked
+	Kind    string // due, in_flight, unknown, blocked (reconciling messages are unknown)
 	At      time.Time
 	Action  string
 }
@@ -68,9 +68,24 @@ func (s *Store) RecoveryPlan(list bool, limit int) (Plan, error) {
 			Action: fmt.Sprintf("await the outcome; if the lease expires: %s", policyName(s.policy(e.channel)))})
 	})
 	walk(s.index.unknown, func(e entry) {
-		name := policyName(s.policy(e.channel))
+		policy := s.policy(e.channel)
+		name := policyName(policy)
 		p.Unknown[name]++
-		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "unknown", At: time.Unix(0, e.at), Action: "outcome unknown: " + name})
+		action := "outcome unknown: " + name
+		switch at := time.Unix(0, e.at); {
+		case policy != PolicyReconcile:
+			action += " (applied when its time comes; the channel's policy changed since it became unknown)"
+		case at.After(now):
+			action = fmt.Sprintf("outcome unknown: reconcile: ask the provider at %s; found: delivered, not found: send again", at.UTC().Format(time.RFC3339))
+		default:
+			action = "outcome unknown: reconcile: ask the provider now; found: delivered, not found: send again"
+		}
+		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "unknown", At: time.Unix(0, e.at), Action: action})
+	})
+	walk(s.index.reconciling, func(e entry) {
+		p.Unknown[policyName(PolicyReconcile)]++
+		add(PlanItem{ID: e.id, Channel: e.channel, Kind: "unknown", At: time.Unix(0, e.at),
+			Action: "outcome unknown: reconcile: asking the provider now; if the lease expires: ask again later, never a blind re-send"})
 	})
 	s.index.mu.Unlock()
 	if list && len(p.Items) < limit {

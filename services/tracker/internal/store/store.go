@@ -65,6 +65,17 @@ type Options struct {
 	// outcome became unknown. Nil means PolicyFail for every channel.
 	UnknownPolicy func(channel string) UnknownPolicy
 	Logger        *slog.Logger
+	// ReconcileGrace is how long an UNKNOWN message of a reconcile channel
+	// waits before the provider is first asked about it, so that the
+	// provider call whose outcome is unknown has surely ended (the plugin
+	// host bounds every call by the queue's deliver timeout). It is also the
+	// first backoff after a failed try; the backoff doubles per try, up to
+	// 10 minutes. Zero means 30s.
+	ReconcileGrace time.Duration
+	// ReconcileAttempts bounds the reconcile leases per unknown outcome:
+	// when the last one fails or expires, the message is dead-lettered with
+	// reason outcome_unknown. Zero means 5.
+	ReconcileAttempts int
 	// CacheSize is Pebble's block cache in bytes; zero means 64 MiB.
 	CacheSize int64
 	// OnCommit, if set, is called after every successful Sync commit with
@@ -83,7 +94,9 @@ const (
 	// PolicyRedeliver makes it PENDING again at once: only for sinks that
 	// deduplicate on the message id.
 	PolicyRedeliver
-	// PolicyReconcile leaves it UNKNOWN until a worker asks the provider.
+	// PolicyReconcile leaves it UNKNOWN; after Options.ReconcileGrace Lease
+	// hands it to a worker that asks the provider whether it has it (see
+	// Complete's RESULT_RECONCILE_* results).
 	PolicyReconcile
 )
 
@@ -97,6 +110,9 @@ type Store struct {
 	log    *slog.Logger
 	policy func(string) UnknownPolicy
 	max    int
+
+	reconcileGrace    time.Duration
+	reconcileAttempts uint32
 
 	locks [lockStripes]sync.Mutex
 	seed  maphash.Seed
@@ -132,6 +148,12 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	if o.CacheSize == 0 {
 		o.CacheSize = 64 << 20
+	}
+	if o.ReconcileGrace <= 0 {
+		o.ReconcileGrace = 30 * time.Second
+	}
+	if o.ReconcileAttempts <= 0 {
+		o.ReconcileAttempts = 5
 	}
 	cache := pebble.NewCache(o.CacheSize)
 	defer cache.Unref()
@@ -178,6 +200,9 @@ func Open(dir string, o Options) (*Store, error) {
 		seed:   maphash.MakeSeed(),
 		index:  newMemIndex(),
 		damage: damage,
+
+		reconcileGrace:    o.ReconcileGrace,
+		reconcileAttempts: uint32(o.ReconcileAttempts),
 
 		onCommit: o.OnCommit,
 	}
@@ -292,8 +317,17 @@ func (s *Store) checkSchema() error {
 	if len(v) != 4 {
 		return fmt.Errorf("%w: schema key holds %d bytes", ErrSchema, len(v))
 	}
-	if got := binary.BigEndian.Uint32(v); got != schemaVersion {
-		return fmt.Errorf("%w: the store is version %d, this build reads version %d", ErrSchema, got, schemaVersion)
+	got := binary.BigEndian.Uint32(v)
+	if got == 1 {
+		// Version 1 records are valid version 2 records (see schemaVersion).
+		if err := s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), pebble.Sync); err != nil {
+			return fmt.Errorf("upgrade schema version 1 to %d: %w", schemaVersion, err)
+		}
+		s.log.Info("store upgraded in place", "from_schema", 1, "to_schema", schemaVersion)
+		return nil
+	}
+	if got != schemaVersion {
+		return fmt.Errorf("%w: the store is version %d, this build reads versions 1 and %d", ErrSchema, got, schemaVersion)
 	}
 	return nil
 }

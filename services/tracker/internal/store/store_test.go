@@ -66,7 +66,7 @@ func mustAccept(t *testing.T, s *Store, m *storev1.Message) Accepted {
 
 func leaseIDs(t *testing.T, s *Store, max int) []Leased {
 	t.Helper()
-	l, err := s.Lease("w", max, 30*time.Second, nil)
+	l, err := s.Lease("w", max, 30*time.Second, nil, false)
 	if err != nil {
 		t.Fatalf("lease: %v", err)
 	}
@@ -299,7 +299,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for !stop.Load() {
-					ls, err := s.Lease("w", 32, time.Minute, nil)
+					ls, err := s.Lease("w", 32, time.Minute, nil, false)
 					if err != nil {
 						return
 					}

@@ -61,7 +61,13 @@ func indexPlace(d *storev1.Delivery) (kind byte, at int64, ok bool) {
 	case storev1.State_STATE_IN_FLIGHT:
 		return recoveryLeased, d.GetLeaseExpiresUnixNano(), true
 	case storev1.State_STATE_UNKNOWN:
-		return recoveryUnknown, d.GetUnknownSinceUnixNano(), true
+		if d.GetReconciling() {
+			return recoveryReconciling, d.GetLeaseExpiresUnixNano(), true
+		}
+		if at := d.GetReconcileAtUnixNano(); at != 0 {
+			return recoveryUnknown, at, true
+		}
+		return recoveryUnknown, d.GetUnknownSinceUnixNano(), true // written by schema version 1
 	}
 	return 0, 0, false
 }

@@ -108,7 +108,7 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.m.recovery, prometheus.GaugeValue, float64(st.RecoverySize()))
 	age := 0.0
-	if next, ok, _ := st.DueSignal(); ok {
+	if next, ok, _ := st.DueSignal(false); ok {
 		age = max(c.m.now().Sub(next).Seconds(), 0)
 	}
 	ch <- prometheus.MustNewConstMetric(c.m.oldestPending, prometheus.GaugeValue, age)

@@ -124,8 +124,8 @@ func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trac
 	timeout := time.NewTimer(wait)
 	defer timeout.Stop()
 	for {
-		next, ok, changed := s.store.DueSignal()
-		leased, err := s.store.Lease(req.GetWorker(), batch, leaseFor, req.GetChannelSlots())
+		next, ok, changed := s.store.DueSignal(req.GetReconcile())
+		leased, err := s.store.Lease(req.GetWorker(), batch, leaseFor, req.GetChannelSlots(), req.GetReconcile())
 		if err != nil {
 			return nil, s.toStatus("lease", err)
 		}
@@ -212,6 +212,14 @@ func result(r trackerv1.Result) (store.Result, error) {
 		return store.ResultFailed, nil
 	case trackerv1.Result_RESULT_UNKNOWN:
 		return store.ResultUnknown, nil
+	case trackerv1.Result_RESULT_RECONCILE_FOUND:
+		return store.ResultReconcileFound, nil
+	case trackerv1.Result_RESULT_RECONCILE_NOT_FOUND:
+		return store.ResultReconcileNotFound, nil
+	case trackerv1.Result_RESULT_RECONCILE_CANNOT_ANSWER:
+		return store.ResultReconcileCannotAnswer, nil
+	case trackerv1.Result_RESULT_RECONCILE_ERROR:
+		return store.ResultReconcileError, nil
 	}
 	return 0, fmt.Errorf("result %s is not an outcome", r)
 }
@@ -326,7 +334,8 @@ func (s *Service) Stats(ctx context.Context, _ *trackerv1.StatsRequest) (*tracke
 }
 
 // ExpireLeases moves expired leases to UNKNOWN (and on per their channel's
-// policy) every interval until ctx ends.
+// policy; an expired reconcile lease stays UNKNOWN) every interval until
+// ctx ends.
 func (s *Service) ExpireLeases(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
