@@ -60,11 +60,15 @@ bench-peers: build
 	$(TOOLS)/herald-peers -bin $(BIN) -tools $(TOOLS) $(BENCH_PEERS_FLAGS)
 
 # Load-tests a running herald's Send with ghz (make run in another
-# terminal); GHZ_FLAGS adds or overrides ghz flags.
+# terminal), through the gateway's gRPC reflection: GHZ_ADDR, GHZ_CONCURRENCY,
+# GHZ_DURATION; GHZ_FLAGS adds ghz flags.
+GHZ_ADDR        ?= 127.0.0.1:7300
+GHZ_CONCURRENCY ?= 64
+GHZ_DURATION    ?= 10s
 ghz: $(TOOLS)/ghz
 	$(TOOLS)/ghz --insecure --call herald.gateway.v1.GatewayService/Send \
 		-d '{"channel":"mock","recipient":"ok","conversation":"ghz-{{.RequestNumber}}","text":"{{randomString 256}}"}' \
-		-c 64 -z 10s $(GHZ_FLAGS) 127.0.0.1:7300
+		-c $(GHZ_CONCURRENCY) -z $(GHZ_DURATION) --duration-stop=wait $(GHZ_FLAGS) $(GHZ_ADDR)
 
 $(TOOLS)/ghz:
 	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)

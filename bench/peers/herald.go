@@ -130,6 +130,7 @@ func (h *heraldEnv) send(ctx context.Context, callers int, dur time.Duration) (s
 	if err := h.setQueue(h.e.cfg.sendDelivering); err != nil {
 		return sample{}, err
 	}
+	h.e.settle(ctx)
 	m0, err := h.scrape(ctx)
 	if err != nil {
 		return sample{}, err
@@ -170,6 +171,7 @@ func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 	if err := h.waitDrained(ctx); err != nil {
 		return sample{}, err
 	}
+	h.e.settle(ctx)
 	st, err := h.gw.Status(ctx, &gatewayv1.StatusRequest{})
 	if err != nil {
 		return sample{}, err

@@ -165,6 +165,10 @@ type env struct {
 	text string // the payload as a string: cfg.payload bytes
 	body []byte
 	logs map[string]*os.File
+	log  io.Writer // progress
+	// servers lists the long-lived server processes of every subject
+	// started (for settle).
+	servers []func() []int
 	// commitMetrics names the tracker's commit and WAL-fsync counters the
 	// group-commit target reads; empty when the tracker exposes neither.
 	commitMetrics string
@@ -188,19 +192,17 @@ func (e *env) logFile(name string) (*os.File, error) {
 }
 
 func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (err error) {
+	// Installs come first; a failed one fails its group's subjects only.
+	installErr := map[string]error{}
 	if cfg.only["rabbitmq"] {
-		if err := ensureRabbitMQ(ctx, stderr); err != nil {
-			return err
-		}
+		installErr["rabbitmq"] = ensureRabbitMQ(ctx, stderr)
 	}
 	natsBin := ""
 	if cfg.only["nats"] {
-		if natsBin, err = ensureNATS(ctx, stderr, cfg.tools, natsVersion); err != nil {
-			return err
-		}
+		natsBin, installErr["nats"] = ensureNATS(ctx, stderr, cfg.tools, natsVersion)
 	}
 	if cfg.installOnly {
-		return nil
+		return errors.Join(installErr["rabbitmq"], installErr["nats"])
 	}
 	for _, b := range []string{"herald-gateway", "herald-tracker", "herald-queue", "herald-plugins", "herald-storebench"} {
 		if _, err := os.Stat(filepath.Join(cfg.bin, b)); err != nil {
@@ -212,24 +214,32 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (err error) 
 	if err != nil {
 		return err
 	}
-	e := &env{cfg: cfg, tmp: tmp, text: strings.Repeat("x", cfg.payload), body: []byte(strings.Repeat("x", cfg.payload)), logs: map[string]*os.File{}}
+	e := &env{cfg: cfg, tmp: tmp, text: strings.Repeat("x", cfg.payload), body: []byte(strings.Repeat("x", cfg.payload)), logs: map[string]*os.File{}, log: stderr}
 	// Registered first, so it runs after every process below has stopped.
 	defer func() {
 		for _, f := range e.logs {
 			f.Close()
 		}
-		if cfg.keep || err != nil {
+		if cfg.keep {
 			fmt.Fprintf(stderr, "data and logs kept in %s\n", tmp)
 			return
 		}
-		os.RemoveAll(tmp)
+		if err == nil {
+			os.RemoveAll(tmp)
+			return
+		}
+		// Keep the logs to explain the failure, not the data.
+		entries, _ := os.ReadDir(tmp)
+		for _, en := range entries {
+			if en.Name() != "logs" {
+				os.RemoveAll(filepath.Join(tmp, en.Name()))
+			}
+		}
+		fmt.Fprintf(stderr, "logs kept in %s\n", filepath.Join(tmp, "logs"))
 	}()
 
-	subjects, closeAll, err := startSubjects(ctx, e, natsBin, stderr)
+	subjects, closeAll := startSubjects(ctx, e, natsBin, installErr, stderr)
 	defer closeAll()
-	if err != nil {
-		return err
-	}
 	res := runRounds(ctx, e, subjects, stderr)
 	report(stdout, e, subjects, res)
 	if ctx.Err() != nil {
@@ -237,6 +247,9 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (err error) 
 	}
 	if len(res.failed) > 0 {
 		var names []string
+		if res.failed["fsync"] != nil {
+			names = append(names, "fsync probe")
+		}
 		for _, s := range subjects {
 			if res.failed[s.key] != nil {
 				names = append(names, s.name)
@@ -248,92 +261,121 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (err error) 
 }
 
 // startSubjects starts every long-lived process and returns the subjects in
-// table order. closeAll stops what was started, by PID, even after an
-// error.
-func startSubjects(ctx context.Context, e *env, natsBin string, log io.Writer) ([]subject, func(), error) {
+// table order. A group that cannot start (or install) still lists its
+// subjects, each failing with the group's error. closeAll stops what was
+// started, by PID.
+func startSubjects(ctx context.Context, e *env, natsBin string, installErr map[string]error, log io.Writer) ([]subject, func()) {
 	var closers []func()
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i]()
 		}
 	}
-	var subs []subject
-	add := func(s ...subject) { subs = append(subs, s...) }
 	cfg := e.cfg
-	if cfg.only["pebble"] {
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("pebble%d", n), group: "pebble", name: fmt.Sprintf("raw Pebble Sync @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "pebble", n, d) }})
+	var subs []subject
+	type measure = func(ctx context.Context, d time.Duration) (sample, error)
+	// group adds a group's subjects; start returns their measurements in
+	// order, and what stops the group's processes.
+	group := func(name string, keys, names []string, start func() ([]measure, func(), error)) {
+		if !cfg.only[name] {
+			return
+		}
+		runs, closer, err := []measure(nil), func() {}, installErr[name]
+		if err == nil {
+			runs, closer, err = start()
+		}
+		closers = append(closers, closer)
+		for i, k := range keys {
+			run := func(context.Context, time.Duration) (sample, error) { return sample{}, fmt.Errorf("%s: %w", name, err) }
+			if err == nil {
+				run = runs[i]
+			}
+			subs = append(subs, subject{key: k, group: name, name: names[i], run: run})
 		}
 	}
-	if cfg.only["store"] {
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("store%d", n), group: "store", name: fmt.Sprintf("tracker store Accept @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "store", n, d) }})
-		}
-	}
-	if cfg.only["skeleton"] {
-		fmt.Fprintln(log, "starting the skeleton (proxy and Pebble server processes)")
-		sk, err := startSkeleton(ctx, e)
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("skeleton: %w", err)
-		}
-		closers = append(closers, sk.close)
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("skel%d", n), group: "skeleton", name: fmt.Sprintf("skeleton gRPC→proxy→Pebble @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return sk.send(ctx, n, d, e.text) }})
-		}
-	}
-	if cfg.only["rabbitmq"] {
-		fmt.Fprintln(log, "starting RabbitMQ")
-		rb, err := startRabbit(ctx, e)
-		if rb != nil {
-			closers = append(closers, rb.close)
-		}
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("rabbitmq: %w", err)
-		}
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("rabbit%d", n), group: "rabbitmq", name: fmt.Sprintf("RabbitMQ quorum publish-confirm @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return rb.publish(ctx, n, d) }})
-		}
-		add(subject{key: "rabbitE2E", group: "rabbitmq", name: "RabbitMQ quorum end to end",
-			run: func(ctx context.Context, d time.Duration) (sample, error) { return rb.endToEnd(ctx, d) }})
-	}
-	if cfg.only["nats"] {
-		fmt.Fprintln(log, "starting nats-server")
-		ns, err := startNATS(ctx, e, natsBin)
-		if ns != nil {
-			closers = append(closers, ns.close)
-		}
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("nats: %w", err)
-		}
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("nats%d", n), group: "nats", name: fmt.Sprintf("NATS JetStream sync publish @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return ns.publish(ctx, n, d) }})
-		}
-		add(subject{key: "natsE2E", group: "nats", name: "NATS JetStream end to end",
-			run: func(ctx context.Context, d time.Duration) (sample, error) { return ns.endToEnd(ctx, d) }})
-	}
-	if cfg.only["herald"] {
-		fmt.Fprintln(log, "starting herald (tracker, plugins, queue, gateway)")
-		h, err := startHerald(ctx, e)
-		if h != nil {
-			closers = append(closers, h.close)
-		}
-		if err != nil {
-			return nil, closeAll, fmt.Errorf("herald: %w", err)
-		}
-		for _, n := range []int{1, 64} {
-			add(subject{key: fmt.Sprintf("send%d", n), group: "herald", name: fmt.Sprintf("herald Send @%d", n),
-				run: func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, n, d) }})
-		}
-		add(subject{key: "heraldE2E", group: "herald", name: fmt.Sprintf("herald end to end (%d senders)", cfg.heraldSenders),
-			run: func(ctx context.Context, d time.Duration) (sample, error) { return h.endToEnd(ctx, d) }})
-	}
-	if len(subs) == 0 {
-		return nil, closeAll, errors.New("no subject selected")
-	}
-	return subs, closeAll, nil
+	group("pebble", []string{"pebble1", "pebble64"}, []string{"raw Pebble Sync @1", "raw Pebble Sync @64"},
+		func() ([]measure, func(), error) {
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "pebble", 1, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "pebble", 64, d) },
+			}, func() {}, nil
+		})
+	group("store", []string{"store1", "store64"}, []string{"tracker store Accept @1", "tracker store Accept @64"},
+		func() ([]measure, func(), error) {
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "store", 1, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "store", 64, d) },
+			}, func() {}, nil
+		})
+	group("skeleton", []string{"skel1", "skel64"}, []string{"skeleton gRPC→proxy→Pebble @1", "skeleton gRPC→proxy→Pebble @64"},
+		func() ([]measure, func(), error) {
+			fmt.Fprintln(log, "starting the skeleton (proxy and Pebble server processes)")
+			sk, err := startSkeleton(ctx, e)
+			if err != nil {
+				return nil, func() {}, err
+			}
+			e.servers = append(e.servers, sk.pids)
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return sk.send(ctx, 1, d, e.text) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return sk.send(ctx, 64, d, e.text) },
+			}, sk.close, nil
+		})
+	group("rabbitmq", []string{"rabbit1", "rabbit64", "rabbitE2E"},
+		[]string{"RabbitMQ quorum publish-confirm @1", "RabbitMQ quorum publish-confirm @64", "RabbitMQ quorum end to end"},
+		func() ([]measure, func(), error) {
+			fmt.Fprintln(log, "starting RabbitMQ")
+			rb, err := startRabbit(ctx, e)
+			closer := func() {}
+			if rb != nil {
+				closer = rb.close
+			}
+			if err != nil {
+				return nil, closer, err
+			}
+			e.servers = append(e.servers, rb.pids)
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return rb.publish(ctx, 1, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return rb.publish(ctx, 64, d) },
+				rb.endToEnd,
+			}, closer, nil
+		})
+	group("nats", []string{"nats1", "nats64", "natsE2E"},
+		[]string{"NATS JetStream sync publish @1", "NATS JetStream sync publish @64", "NATS JetStream end to end"},
+		func() ([]measure, func(), error) {
+			fmt.Fprintln(log, "starting nats-server")
+			ns, err := startNATS(ctx, e, natsBin)
+			closer := func() {}
+			if ns != nil {
+				closer = ns.close
+			}
+			if err != nil {
+				return nil, closer, err
+			}
+			e.servers = append(e.servers, ns.pids)
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return ns.publish(ctx, 1, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return ns.publish(ctx, 64, d) },
+				ns.endToEnd,
+			}, closer, nil
+		})
+	group("herald", []string{"send1", "send64", "heraldE2E"},
+		[]string{"herald Send @1", "herald Send @64", fmt.Sprintf("herald end to end (%d senders)", cfg.heraldSenders)},
+		func() ([]measure, func(), error) {
+			fmt.Fprintln(log, "starting herald (tracker, plugins, queue, gateway)")
+			h, err := startHerald(ctx, e)
+			closer := func() {}
+			if h != nil {
+				closer = h.close
+			}
+			if err != nil {
+				return nil, closer, err
+			}
+			e.servers = append(e.servers, h.pids)
+			return []measure{
+				func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 1, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 64, d) },
+				h.endToEnd,
+			}, closer, nil
+		})
+	return subs, closeAll
 }

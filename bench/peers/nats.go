@@ -129,6 +129,7 @@ func (n *natsEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, erro
 	if err := n.purge(ctx); err != nil {
 		return sample{}, err
 	}
+	n.e.settle(ctx)
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cons, err := n.stream.CreateOrUpdateConsumer(cctx, jetstream.ConsumerConfig{

@@ -201,6 +201,7 @@ func (r *rabbitEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 	if err := r.purge(); err != nil {
 		return sample{}, err
 	}
+	r.e.settle(ctx)
 	pch, err := r.pub[0].Channel()
 	if err != nil {
 		return sample{}, err

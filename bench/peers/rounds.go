@@ -102,6 +102,7 @@ func runRounds(ctx context.Context, e *env, subjects []subject, log io.Writer) r
 				res.failed[s.key] = err
 				fmt.Fprintf(log, "  %s: FAILED: %v\n", s.name, err)
 			}
+			e.settle(ctx)
 		}
 	}
 	for r := range cfg.rounds {
@@ -122,6 +123,7 @@ func runRounds(ctx context.Context, e *env, subjects []subject, log io.Writer) r
 				continue
 			}
 			smp, err := s.run(ctx, cfg.dur)
+			e.settle(ctx)
 			if err != nil {
 				res.failed[s.key] = err
 				fmt.Fprintf(log, "  %-40s FAILED: %v\n", s.name, err)
@@ -148,4 +150,34 @@ func runRounds(ctx context.Context, e *env, subjects []subject, log io.Writer) r
 		res.rounds = append(res.rounds, rd)
 	}
 	return res
+}
+
+// settle waits until every long-lived server is idle (together under 10%
+// of one CPU over 200ms; at most 5s), so that the work a subject or its
+// preparation leaves behind (flushes, compactions, segment writes, garbage
+// collection) is not charged to the next measurement.
+func (e *env) settle(ctx context.Context) {
+	const (
+		window = 200 * time.Millisecond
+		idle   = window / 10
+		limit  = 5 * time.Second
+	)
+	var pids []int
+	for _, f := range e.servers {
+		pids = append(pids, f()...)
+	}
+	if len(pids) == 0 {
+		return
+	}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		a := snapshot(pids)
+		if sleep(ctx, window) != nil {
+			return
+		}
+		if _, busy := since(a, snapshot(pids)); busy < idle {
+			return
+		}
+	}
+	fmt.Fprintf(e.log, "  (servers still busy after %s; going on)\n", limit)
 }
