@@ -13,8 +13,9 @@ export GOTOOLCHAIN := local
 BUF_VERSION              := v1.75.0
 PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GHZ_VERSION              := v0.120.0
 
-.PHONY: all build run test test-short bench bench-growth lint vet fmt generate checkgenerate tools clean
+.PHONY: all build run test test-short bench bench-growth bench-peers ghz lint vet fmt generate checkgenerate tools clean
 
 all: build
 
@@ -52,6 +53,32 @@ bench: build
 # which takes minutes. HERALD_GROWTH_DIR=dir keeps the built stores.
 bench-growth:
 	HERALD_GROWTH=1 $(GO) test -count=1 -run TestCostGrowth -v -timeout 60m ./services/tracker/
+
+# Issue 7's benchmark: herald beside raw Pebble, a gRPC skeleton, RabbitMQ
+# quorum queues and NATS JetStream (sync always) in interleaved rounds; it
+# installs RabbitMQ (apt-get, as root) and nats-server (bin/tools) when
+# missing. About 6 minutes with the defaults; pass flags with
+# BENCH_PEERS_FLAGS, e.g. BENCH_PEERS_FLAGS='-rounds 2 -duration 1s'. The
+# harness is its own Go module (bench/peers) so that the broker clients stay
+# out of herald's go.mod.
+bench-peers: build
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/herald-storebench ./services/tracker/cmd/herald-storebench
+	cd bench/peers && CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(TOOLS)/herald-peers .
+	$(TOOLS)/herald-peers -bin $(BIN) -tools $(TOOLS) $(BENCH_PEERS_FLAGS)
+
+# Load-tests a running herald's Send with ghz (make run in another
+# terminal), through the gateway's gRPC reflection: GHZ_ADDR, GHZ_CONCURRENCY,
+# GHZ_DURATION; GHZ_FLAGS adds ghz flags.
+GHZ_ADDR        ?= 127.0.0.1:7300
+GHZ_CONCURRENCY ?= 64
+GHZ_DURATION    ?= 10s
+ghz: $(TOOLS)/ghz
+	$(TOOLS)/ghz --insecure --call herald.gateway.v1.GatewayService/Send \
+		-d '{"channel":"mock","recipient":"ok","conversation":"ghz-{{.RequestNumber}}","text":"{{randomString 256}}"}' \
+		-c $(GHZ_CONCURRENCY) -z $(GHZ_DURATION) --duration-stop=wait $(GHZ_FLAGS) $(GHZ_ADDR)
+
+$(TOOLS)/ghz:
+	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 lint: vet tools
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

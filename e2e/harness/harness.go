@@ -227,6 +227,17 @@ func (c *Cluster) Close() {
 	}
 }
 
+// PID returns the process id of the named service, or 0 when it does not
+// run. Benchmarks read its CPU time and peak RSS from /proc.
+func (c *Cluster) PID(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cmd := c.procs[name]; cmd != nil {
+		return cmd.Process.Pid
+	}
+	return 0
+}
+
 // Running reports whether the named service runs.
 func (c *Cluster) Running(name string) bool {
 	c.mu.Lock()

@@ -1,0 +1,210 @@
+// Command herald-storebench measures the tracker's store API in process,
+// beside raw Pebble on the same disk: N writers commit durably (Sync) for a
+// fixed time, and one JSON line reports commits, latency percentiles, WAL
+// fsyncs, CPU time and peak RSS. make bench-peers runs it once per round
+// and subject; it lives under services/tracker because the store is
+// internal to the tracker.
+//
+//	herald-storebench -subject store|pebble -writers 64 -duration 2.5s -dir DIR
+//
+// Subjects: store makes each write a store.Accept of a new 256-byte message
+// (a new conversation each, as Send with no conversation does); pebble is a
+// 256-byte pebble.Set with pebble.Sync under default options. DIR must not
+// hold another store; the caller removes it.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/oklog/ulid/v2"
+	dto "github.com/prometheus/client_model/go"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+	"github.com/heraldchat/herald/services/tracker/internal/store"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "herald-storebench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// Result is the JSON line printed on stdout.
+type Result struct {
+	Subject string  `json:"subject"`
+	Writers int     `json:"writers"`
+	Ops     int     `json:"ops"`
+	Seconds float64 `json:"seconds"`
+	P50ns   int64   `json:"p50_ns"`
+	P99ns   int64   `json:"p99_ns"`
+	// WALFsyncs are Pebble's WAL fsyncs during the measurement: Ops/WALFsyncs
+	// is how many commits shared one fsync.
+	WALFsyncs uint64 `json:"wal_fsyncs"`
+	// CPUSeconds is this process's user+system time during the measurement.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// VmHWMKiB is this process's peak resident set size.
+	VmHWMKiB int64 `json:"vmhwm_kib"`
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("herald-storebench", flag.ContinueOnError)
+	subject := fs.String("subject", "store", "store (tracker store Accept) or pebble (raw pebble.Set with Sync)")
+	writers := fs.Int("writers", 64, "concurrent writers")
+	dur := fs.Duration("duration", 2500*time.Millisecond, "measuring time")
+	dir := fs.String("dir", "", "empty folder for the store (required)")
+	size := fs.Int("size", 256, "payload bytes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case *dir == "":
+		return errors.New("-dir is required: give an empty folder on the disk to measure")
+	case *writers < 1:
+		return fmt.Errorf("-writers=%d: give at least 1", *writers)
+	case *dur <= 0 || *dur > 10*time.Minute:
+		return fmt.Errorf("-duration=%s: give a duration between 0 and 10m", *dur)
+	}
+	payload := strings.Repeat("x", *size)
+
+	var (
+		write  func() error
+		fsyncs func() uint64
+		closer func() error
+	)
+	switch *subject {
+	case "store":
+		st, err := store.Open(*dir, store.Options{})
+		if err != nil {
+			return err
+		}
+		closer, fsyncs = st.Close, st.WALFsyncs
+		var n atomic.Uint64
+		write = func() error {
+			_, err := st.Accept(&storev1.Message{
+				Id: ulid.Make().String(), Tenant: "bench", Channel: "mock", Recipient: "ok",
+				Conversation: "c" + strconv.FormatUint(n.Add(1), 10), Text: payload,
+			})
+			return err
+		}
+	case "pebble":
+		db, err := pebble.Open(*dir, &pebble.Options{})
+		if err != nil {
+			return err
+		}
+		closer = db.Close
+		fsyncs = func() uint64 { return histogramCount(db.Metrics().LogWriter.FsyncLatency) }
+		val := []byte(payload)
+		var n atomic.Uint64
+		write = func() error {
+			return db.Set(fmt.Appendf(nil, "k%016d", n.Add(1)), val, pebble.Sync)
+		}
+	default:
+		return fmt.Errorf("-subject=%q: give store or pebble", *subject)
+	}
+
+	f0, cpu0 := fsyncs(), cpuSeconds()
+	lat, elapsed, err := closedLoop(*writers, *dur, write)
+	cpu1, f1 := cpuSeconds(), fsyncs()
+	if cerr := closer(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	slices.Sort(lat)
+	r := Result{Subject: *subject, Writers: *writers, Ops: len(lat), Seconds: elapsed.Seconds(),
+		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM()}
+	if len(lat) > 0 {
+		r.P50ns, r.P99ns = int64(lat[len(lat)/2]), int64(lat[len(lat)*99/100])
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// closedLoop calls write from n goroutines until dur has passed and returns
+// each call's latency and the time until the last writer stopped. The first
+// error stops every writer.
+func closedLoop(n int, dur time.Duration, write func() error) ([]time.Duration, time.Duration, error) {
+	var (
+		mu       sync.Mutex
+		all      []time.Duration
+		firstErr error
+		failed   atomic.Bool
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	stop := start.Add(dur)
+	for range n {
+		wg.Go(func() {
+			mine := make([]time.Duration, 0, 1024)
+			for !failed.Load() {
+				t := time.Now()
+				if !t.Before(stop) {
+					break
+				}
+				if err := write(); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					failed.Store(true)
+					break
+				}
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return all, time.Since(start), firstErr
+}
+
+func histogramCount(h interface{ Write(*dto.Metric) error }) uint64 {
+	if h == nil {
+		return 0
+	}
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// vmHWM reads the peak resident set size from /proc/self/status (0 when
+// it cannot).
+func vmHWM() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
