@@ -107,7 +107,9 @@ func TestOneTracePerMessage(t *testing.T) {
 	if send == nil {
 		t.Fatal("no gateway Send server span in the message's trace")
 	}
-	one("herald.tracker.v1.TrackerService/Accept")
+	if acc := one("tracker.Accept"); acc.Parent().SpanID() != send.SpanContext().SpanID() {
+		t.Errorf("tracker.Accept's parent is %s, want the gateway Send span", acc.Parent().SpanID())
+	}
 	attempts := byName["queue.attempt"]
 	if len(attempts) != 2 {
 		t.Fatalf("%d queue.attempt spans in the trace, want 2 (failed, then delivered)", len(attempts))

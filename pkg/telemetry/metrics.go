@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +58,13 @@ func ServeMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (*Metric
 		Timeout:           10 * time.Second,
 		EnableOpenMetrics: true,
 	}))
+	// Go's profiler, for the operator who has to find where the time goes:
+	// go tool pprof http://ADDR/debug/pprof/profile. The metrics address is
+	// loopback by default; expose it with care.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	s := &MetricsServer{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		lis:  lis,

@@ -34,7 +34,10 @@ import (
 // exporter reads the other standard OTEL_EXPORTER_OTLP_* variables itself.
 // The resource's service.name is serviceName unless OTEL_SERVICE_NAME (or
 // service.name in OTEL_RESOURCE_ATTRIBUTES) overrides it. Without an
-// endpoint the provider has no exporter.
+// endpoint the provider has no exporter and samples nothing (unless
+// OTEL_TRACES_SAMPLER says otherwise): spans still carry trace and span
+// ids, which are stored with messages, logged and propagated, but nothing
+// is recorded that no one would read.
 //
 // The returned shutdown flushes buffered spans and stops the exporter; call
 // it once, with a context that bounds how long the flush may take.
@@ -58,6 +61,8 @@ func Setup(ctx context.Context, serviceName string) (shutdown func(context.Conte
 			return nil, fmt.Errorf("create OTLP trace exporter: %w", err)
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
+	} else if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
+		opts = append(opts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 

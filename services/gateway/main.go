@@ -232,6 +232,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	err = srv.Serve(serveCtx)
 	stopServing()
 	<-drained
+	svc.Close()
 	if err != nil {
 		return err
 	}

@@ -80,6 +80,7 @@ func start(t testing.TB, trackerAddr, pluginsAddr string, reg prometheus.Registe
 	t.Cleanup(func() {
 		cancel()
 		<-done
+		svc.Close()
 		tc.Close()
 	})
 	return srv.Addr()

@@ -1175,6 +1175,217 @@ func (x *AcceptRequest) GetTtlNanos() int64 {
 	return 0
 }
 
+type AcceptStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*AcceptItem          `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptStreamRequest) Reset() {
+	*x = AcceptStreamRequest{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptStreamRequest) ProtoMessage() {}
+
+func (x *AcceptStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptStreamRequest.ProtoReflect.Descriptor instead.
+func (*AcceptStreamRequest) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AcceptStreamRequest) GetItems() []*AcceptItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type AcceptItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller, unique among the stream's unanswered items.
+	RequestId     uint64         `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Request       *AcceptRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptItem) Reset() {
+	*x = AcceptItem{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptItem) ProtoMessage() {}
+
+func (x *AcceptItem) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptItem.ProtoReflect.Descriptor instead.
+func (*AcceptItem) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AcceptItem) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *AcceptItem) GetRequest() *AcceptRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type AcceptStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*AcceptResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptStreamResponse) Reset() {
+	*x = AcceptStreamResponse{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptStreamResponse) ProtoMessage() {}
+
+func (x *AcceptStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptStreamResponse.ProtoReflect.Descriptor instead.
+func (*AcceptStreamResponse) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AcceptStreamResponse) GetResults() []*AcceptResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type AcceptResult struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Set when the item was accepted (or was a duplicate).
+	Response *AcceptResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// Otherwise the gRPC status code and message Accept would have returned.
+	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptResult) Reset() {
+	*x = AcceptResult{}
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptResult) ProtoMessage() {}
+
+func (x *AcceptResult) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptResult.ProtoReflect.Descriptor instead.
+func (*AcceptResult) Descriptor() ([]byte, []int) {
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AcceptResult) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *AcceptResult) GetResponse() *AcceptResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *AcceptResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *AcceptResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type AcceptResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Message  *v1.Message            `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
@@ -1187,7 +1398,7 @@ type AcceptResponse struct {
 
 func (x *AcceptResponse) Reset() {
 	*x = AcceptResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1410,7 @@ func (x *AcceptResponse) String() string {
 func (*AcceptResponse) ProtoMessage() {}
 
 func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[19]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1423,7 @@ func (x *AcceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptResponse.ProtoReflect.Descriptor instead.
 func (*AcceptResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{19}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcceptResponse) GetMessage() *v1.Message {
@@ -1260,7 +1471,7 @@ type LeaseRequest struct {
 
 func (x *LeaseRequest) Reset() {
 	*x = LeaseRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1483,7 @@ func (x *LeaseRequest) String() string {
 func (*LeaseRequest) ProtoMessage() {}
 
 func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[20]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1496,7 @@ func (x *LeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRequest.ProtoReflect.Descriptor instead.
 func (*LeaseRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{20}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaseRequest) GetWorker() string {
@@ -1343,7 +1554,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1566,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[21]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1579,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{21}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Lease) GetMessage() *v1.Message {
@@ -1394,7 +1605,7 @@ type LeaseResponse struct {
 
 func (x *LeaseResponse) Reset() {
 	*x = LeaseResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1617,7 @@ func (x *LeaseResponse) String() string {
 func (*LeaseResponse) ProtoMessage() {}
 
 func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[22]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1630,7 @@ func (x *LeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseResponse.ProtoReflect.Descriptor instead.
 func (*LeaseResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{22}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaseResponse) GetLeases() []*Lease {
@@ -1457,7 +1668,7 @@ type Outcome struct {
 
 func (x *Outcome) Reset() {
 	*x = Outcome{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1680,7 @@ func (x *Outcome) String() string {
 func (*Outcome) ProtoMessage() {}
 
 func (x *Outcome) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[23]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1693,7 @@ func (x *Outcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Outcome.ProtoReflect.Descriptor instead.
 func (*Outcome) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{23}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Outcome) GetMessageId() string {
@@ -1572,7 +1783,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1795,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[24]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1808,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{24}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CompleteRequest) GetWorker() string {
@@ -1626,7 +1837,7 @@ type OutcomeResult struct {
 
 func (x *OutcomeResult) Reset() {
 	*x = OutcomeResult{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1849,7 @@ func (x *OutcomeResult) String() string {
 func (*OutcomeResult) ProtoMessage() {}
 
 func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[25]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1862,7 @@ func (x *OutcomeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeResult.ProtoReflect.Descriptor instead.
 func (*OutcomeResult) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{25}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *OutcomeResult) GetMessageId() string {
@@ -1684,7 +1895,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1907,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[26]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1920,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{26}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CompleteResponse) GetResults() []*OutcomeResult {
@@ -1728,7 +1939,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1951,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[27]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1964,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{27}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1774,7 +1985,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +1997,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[28]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2010,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{28}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetMessageResponse) GetMessage() *v1.Message {
@@ -1837,7 +2048,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2060,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[29]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2073,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{29}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -1909,7 +2120,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2132,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[30]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2145,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{30}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HistoryResponse) GetMessages() []*Lease {
@@ -1958,7 +2169,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2181,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[31]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2194,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{31}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -2015,7 +2226,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2238,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[32]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2251,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{32}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{36}
 }
 
 type StatsResponse struct {
@@ -2055,7 +2266,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2067,7 +2278,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[33]
+	mi := &file_herald_tracker_v1_tracker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +2291,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{33}
+	return file_herald_tracker_v1_tracker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatsResponse) GetCounts() map[string]int64 {
@@ -2182,7 +2393,22 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"`\n" +
 	"\rAcceptRequest\x122\n" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x12\x1b\n" +
-	"\tttl_nanos\x18\x14 \x01(\x03R\bttlNanos\"\x99\x01\n" +
+	"\tttl_nanos\x18\x14 \x01(\x03R\bttlNanos\"J\n" +
+	"\x13AcceptStreamRequest\x123\n" +
+	"\x05items\x18\x01 \x03(\v2\x1d.herald.tracker.v1.AcceptItemR\x05items\"g\n" +
+	"\n" +
+	"AcceptItem\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12:\n" +
+	"\arequest\x18\x02 \x01(\v2 .herald.tracker.v1.AcceptRequestR\arequest\"Q\n" +
+	"\x14AcceptStreamResponse\x129\n" +
+	"\aresults\x18\x01 \x03(\v2\x1f.herald.tracker.v1.AcceptResultR\aresults\"\x96\x01\n" +
+	"\fAcceptResult\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12=\n" +
+	"\bresponse\x18\x02 \x01(\v2!.herald.tracker.v1.AcceptResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x99\x01\n" +
 	"\x0eAcceptResponse\x122\n" +
 	"\amessage\x18\x01 \x01(\v2\x18.herald.store.v1.MessageR\amessage\x125\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x19.herald.store.v1.DeliveryR\bdelivery\x12\x1c\n" +
@@ -2263,9 +2489,10 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x16RESULT_RECONCILE_FOUND\x10\x05\x12\x1e\n" +
 	"\x1aRESULT_RECONCILE_NOT_FOUND\x10\x06\x12\"\n" +
 	"\x1eRESULT_RECONCILE_CANNOT_ANSWER\x10\a\x12\x1a\n" +
-	"\x16RESULT_RECONCILE_ERROR\x10\b2\xff\v\n" +
+	"\x16RESULT_RECONCILE_ERROR\x10\b2\xe4\f\n" +
 	"\x0eTrackerService\x12M\n" +
-	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12J\n" +
+	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12c\n" +
+	"\fAcceptStream\x12&.herald.tracker.v1.AcceptStreamRequest\x1a'.herald.tracker.v1.AcceptStreamResponse(\x010\x01\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
 	"\bComplete\x12\".herald.tracker.v1.CompleteRequest\x1a#.herald.tracker.v1.CompleteResponse\x12Y\n" +
 	"\n" +
@@ -2299,7 +2526,7 @@ func file_herald_tracker_v1_tracker_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_tracker_v1_tracker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_herald_tracker_v1_tracker_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_herald_tracker_v1_tracker_proto_goTypes = []any{
 	(Result)(0),                    // 0: herald.tracker.v1.Result
 	(*RecoveryStatusRequest)(nil),  // 1: herald.tracker.v1.RecoveryStatusRequest
@@ -2321,96 +2548,106 @@ var file_herald_tracker_v1_tracker_proto_goTypes = []any{
 	(*VerifyRequest)(nil),          // 17: herald.tracker.v1.VerifyRequest
 	(*VerifyResponse)(nil),         // 18: herald.tracker.v1.VerifyResponse
 	(*AcceptRequest)(nil),          // 19: herald.tracker.v1.AcceptRequest
-	(*AcceptResponse)(nil),         // 20: herald.tracker.v1.AcceptResponse
-	(*LeaseRequest)(nil),           // 21: herald.tracker.v1.LeaseRequest
-	(*Lease)(nil),                  // 22: herald.tracker.v1.Lease
-	(*LeaseResponse)(nil),          // 23: herald.tracker.v1.LeaseResponse
-	(*Outcome)(nil),                // 24: herald.tracker.v1.Outcome
-	(*CompleteRequest)(nil),        // 25: herald.tracker.v1.CompleteRequest
-	(*OutcomeResult)(nil),          // 26: herald.tracker.v1.OutcomeResult
-	(*CompleteResponse)(nil),       // 27: herald.tracker.v1.CompleteResponse
-	(*GetMessageRequest)(nil),      // 28: herald.tracker.v1.GetMessageRequest
-	(*GetMessageResponse)(nil),     // 29: herald.tracker.v1.GetMessageResponse
-	(*HistoryRequest)(nil),         // 30: herald.tracker.v1.HistoryRequest
-	(*HistoryResponse)(nil),        // 31: herald.tracker.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),     // 32: herald.tracker.v1.WatchEventsRequest
-	(*StatsRequest)(nil),           // 33: herald.tracker.v1.StatsRequest
-	(*StatsResponse)(nil),          // 34: herald.tracker.v1.StatsResponse
-	nil,                            // 35: herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
-	nil,                            // 36: herald.tracker.v1.VerifyResponse.CountsEntry
-	nil,                            // 37: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	nil,                            // 38: herald.tracker.v1.StatsResponse.CountsEntry
-	(*v1.Reply)(nil),               // 39: herald.store.v1.Reply
-	(*v1.Message)(nil),             // 40: herald.store.v1.Message
-	(*v1.Delivery)(nil),            // 41: herald.store.v1.Delivery
-	(*v1.Event)(nil),               // 42: herald.store.v1.Event
+	(*AcceptStreamRequest)(nil),    // 20: herald.tracker.v1.AcceptStreamRequest
+	(*AcceptItem)(nil),             // 21: herald.tracker.v1.AcceptItem
+	(*AcceptStreamResponse)(nil),   // 22: herald.tracker.v1.AcceptStreamResponse
+	(*AcceptResult)(nil),           // 23: herald.tracker.v1.AcceptResult
+	(*AcceptResponse)(nil),         // 24: herald.tracker.v1.AcceptResponse
+	(*LeaseRequest)(nil),           // 25: herald.tracker.v1.LeaseRequest
+	(*Lease)(nil),                  // 26: herald.tracker.v1.Lease
+	(*LeaseResponse)(nil),          // 27: herald.tracker.v1.LeaseResponse
+	(*Outcome)(nil),                // 28: herald.tracker.v1.Outcome
+	(*CompleteRequest)(nil),        // 29: herald.tracker.v1.CompleteRequest
+	(*OutcomeResult)(nil),          // 30: herald.tracker.v1.OutcomeResult
+	(*CompleteResponse)(nil),       // 31: herald.tracker.v1.CompleteResponse
+	(*GetMessageRequest)(nil),      // 32: herald.tracker.v1.GetMessageRequest
+	(*GetMessageResponse)(nil),     // 33: herald.tracker.v1.GetMessageResponse
+	(*HistoryRequest)(nil),         // 34: herald.tracker.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 35: herald.tracker.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),     // 36: herald.tracker.v1.WatchEventsRequest
+	(*StatsRequest)(nil),           // 37: herald.tracker.v1.StatsRequest
+	(*StatsResponse)(nil),          // 38: herald.tracker.v1.StatsResponse
+	nil,                            // 39: herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
+	nil,                            // 40: herald.tracker.v1.VerifyResponse.CountsEntry
+	nil,                            // 41: herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	nil,                            // 42: herald.tracker.v1.StatsResponse.CountsEntry
+	(*v1.Reply)(nil),               // 43: herald.store.v1.Reply
+	(*v1.Message)(nil),             // 44: herald.store.v1.Message
+	(*v1.Delivery)(nil),            // 45: herald.store.v1.Delivery
+	(*v1.Event)(nil),               // 46: herald.store.v1.Event
 }
 var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
-	35, // 0: herald.tracker.v1.RecoveryStatusResponse.unknown:type_name -> herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
+	39, // 0: herald.tracker.v1.RecoveryStatusResponse.unknown:type_name -> herald.tracker.v1.RecoveryStatusResponse.UnknownEntry
 	2,  // 1: herald.tracker.v1.RecoveryStatusResponse.items:type_name -> herald.tracker.v1.RecoveryItem
-	39, // 2: herald.tracker.v1.OpenReplyRequest.reply:type_name -> herald.store.v1.Reply
-	39, // 3: herald.tracker.v1.ReplyResponse.reply:type_name -> herald.store.v1.Reply
-	40, // 4: herald.tracker.v1.AppendChunkRequest.message:type_name -> herald.store.v1.Message
-	41, // 5: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
-	39, // 6: herald.tracker.v1.AbortResponse.reply:type_name -> herald.store.v1.Reply
-	41, // 7: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
-	36, // 8: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
-	40, // 9: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
-	40, // 10: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
-	41, // 11: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
-	37, // 12: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
-	40, // 13: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
-	41, // 14: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
-	22, // 15: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
-	0,  // 16: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
-	24, // 17: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
-	26, // 18: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
-	40, // 19: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
-	41, // 20: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
-	42, // 21: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
-	22, // 22: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
-	38, // 23: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
-	19, // 24: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
-	21, // 25: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
-	25, // 26: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	28, // 27: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	30, // 28: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	32, // 29: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	33, // 30: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	10, // 31: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
-	12, // 32: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
-	13, // 33: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
-	13, // 34: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
-	15, // 35: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
-	17, // 36: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
-	8,  // 37: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
-	4,  // 38: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
-	6,  // 39: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
-	7,  // 40: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
-	1,  // 41: herald.tracker.v1.TrackerService.RecoveryStatus:input_type -> herald.tracker.v1.RecoveryStatusRequest
-	20, // 42: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	23, // 43: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	27, // 44: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	29, // 45: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	31, // 46: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	42, // 47: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	34, // 48: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	11, // 49: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
-	31, // 50: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
-	14, // 51: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
-	14, // 52: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
-	16, // 53: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
-	18, // 54: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
-	9,  // 55: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
-	5,  // 56: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
-	20, // 57: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
-	5,  // 58: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
-	3,  // 59: herald.tracker.v1.TrackerService.RecoveryStatus:output_type -> herald.tracker.v1.RecoveryStatusResponse
-	42, // [42:60] is the sub-list for method output_type
-	24, // [24:42] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	43, // 2: herald.tracker.v1.OpenReplyRequest.reply:type_name -> herald.store.v1.Reply
+	43, // 3: herald.tracker.v1.ReplyResponse.reply:type_name -> herald.store.v1.Reply
+	44, // 4: herald.tracker.v1.AppendChunkRequest.message:type_name -> herald.store.v1.Message
+	45, // 5: herald.tracker.v1.AbortResponse.delivery:type_name -> herald.store.v1.Delivery
+	43, // 6: herald.tracker.v1.AbortResponse.reply:type_name -> herald.store.v1.Reply
+	45, // 7: herald.tracker.v1.RedriveResponse.delivery:type_name -> herald.store.v1.Delivery
+	40, // 8: herald.tracker.v1.VerifyResponse.counts:type_name -> herald.tracker.v1.VerifyResponse.CountsEntry
+	44, // 9: herald.tracker.v1.AcceptRequest.message:type_name -> herald.store.v1.Message
+	21, // 10: herald.tracker.v1.AcceptStreamRequest.items:type_name -> herald.tracker.v1.AcceptItem
+	19, // 11: herald.tracker.v1.AcceptItem.request:type_name -> herald.tracker.v1.AcceptRequest
+	23, // 12: herald.tracker.v1.AcceptStreamResponse.results:type_name -> herald.tracker.v1.AcceptResult
+	24, // 13: herald.tracker.v1.AcceptResult.response:type_name -> herald.tracker.v1.AcceptResponse
+	44, // 14: herald.tracker.v1.AcceptResponse.message:type_name -> herald.store.v1.Message
+	45, // 15: herald.tracker.v1.AcceptResponse.delivery:type_name -> herald.store.v1.Delivery
+	41, // 16: herald.tracker.v1.LeaseRequest.channel_slots:type_name -> herald.tracker.v1.LeaseRequest.ChannelSlotsEntry
+	44, // 17: herald.tracker.v1.Lease.message:type_name -> herald.store.v1.Message
+	45, // 18: herald.tracker.v1.Lease.delivery:type_name -> herald.store.v1.Delivery
+	26, // 19: herald.tracker.v1.LeaseResponse.leases:type_name -> herald.tracker.v1.Lease
+	0,  // 20: herald.tracker.v1.Outcome.result:type_name -> herald.tracker.v1.Result
+	28, // 21: herald.tracker.v1.CompleteRequest.outcomes:type_name -> herald.tracker.v1.Outcome
+	30, // 22: herald.tracker.v1.CompleteResponse.results:type_name -> herald.tracker.v1.OutcomeResult
+	44, // 23: herald.tracker.v1.GetMessageResponse.message:type_name -> herald.store.v1.Message
+	45, // 24: herald.tracker.v1.GetMessageResponse.delivery:type_name -> herald.store.v1.Delivery
+	46, // 25: herald.tracker.v1.GetMessageResponse.timeline:type_name -> herald.store.v1.Event
+	26, // 26: herald.tracker.v1.HistoryResponse.messages:type_name -> herald.tracker.v1.Lease
+	42, // 27: herald.tracker.v1.StatsResponse.counts:type_name -> herald.tracker.v1.StatsResponse.CountsEntry
+	19, // 28: herald.tracker.v1.TrackerService.Accept:input_type -> herald.tracker.v1.AcceptRequest
+	20, // 29: herald.tracker.v1.TrackerService.AcceptStream:input_type -> herald.tracker.v1.AcceptStreamRequest
+	25, // 30: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
+	29, // 31: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
+	32, // 32: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	34, // 33: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	36, // 34: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	37, // 35: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	10, // 36: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	12, // 37: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	13, // 38: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	13, // 39: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	15, // 40: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	17, // 41: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	8,  // 42: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
+	4,  // 43: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
+	6,  // 44: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
+	7,  // 45: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
+	1,  // 46: herald.tracker.v1.TrackerService.RecoveryStatus:input_type -> herald.tracker.v1.RecoveryStatusRequest
+	24, // 47: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	22, // 48: herald.tracker.v1.TrackerService.AcceptStream:output_type -> herald.tracker.v1.AcceptStreamResponse
+	27, // 49: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	31, // 50: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	33, // 51: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	35, // 52: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	46, // 53: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	38, // 54: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	11, // 55: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	35, // 56: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	14, // 57: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	14, // 58: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	16, // 59: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	18, // 60: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	9,  // 61: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
+	5,  // 62: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
+	24, // 63: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
+	5,  // 64: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
+	3,  // 65: herald.tracker.v1.TrackerService.RecoveryStatus:output_type -> herald.tracker.v1.RecoveryStatusResponse
+	47, // [47:66] is the sub-list for method output_type
+	28, // [28:47] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_herald_tracker_v1_tracker_proto_init() }
@@ -2424,7 +2661,7 @@ func file_herald_tracker_v1_tracker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_tracker_v1_tracker_proto_rawDesc), len(file_herald_tracker_v1_tracker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	TrackerService_Accept_FullMethodName          = "/herald.tracker.v1.TrackerService/Accept"
+	TrackerService_AcceptStream_FullMethodName    = "/herald.tracker.v1.TrackerService/AcceptStream"
 	TrackerService_Lease_FullMethodName           = "/herald.tracker.v1.TrackerService/Lease"
 	TrackerService_Complete_FullMethodName        = "/herald.tracker.v1.TrackerService/Complete"
 	TrackerService_GetMessage_FullMethodName      = "/herald.tracker.v1.TrackerService/GetMessage"
@@ -59,6 +60,15 @@ type TrackerServiceClient interface {
 	// reached: nothing written), UNAVAILABLE (shutting down: nothing written),
 	// INTERNAL (store write failed: the tracker exits).
 	Accept(ctx context.Context, in *AcceptRequest, opts ...grpc.CallOption) (*AcceptResponse, error)
+	// AcceptStream is Accept for many callers over one stream: the gateway
+	// sends whatever Sends are waiting as one batch, and the tracker accepts
+	// a batch with one synced commit (several when a batch holds more than
+	// one message of a conversation or idempotency key, in order) and answers
+	// each item by its request_id. Batches are handled concurrently, so their
+	// commits also share fsyncs. Each item has the semantics and errors of
+	// Accept. When the stream breaks, items without an answer may or may not
+	// have been accepted: retry them with their idempotency key.
+	AcceptStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AcceptStreamRequest, AcceptStreamResponse], error)
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
 	// tokens, in one synced batch, and returns them. With reconcile set it
 	// also hands out reconcile leases (see Lease). If none is due it waits up
@@ -140,6 +150,19 @@ func (c *trackerServiceClient) Accept(ctx context.Context, in *AcceptRequest, op
 	return out, nil
 }
 
+func (c *trackerServiceClient) AcceptStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AcceptStreamRequest, AcceptStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[0], TrackerService_AcceptStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AcceptStreamRequest, AcceptStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_AcceptStreamClient = grpc.BidiStreamingClient[AcceptStreamRequest, AcceptStreamResponse]
+
 func (c *trackerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LeaseResponse)
@@ -182,7 +205,7 @@ func (c *trackerServiceClient) History(ctx context.Context, in *HistoryRequest, 
 
 func (c *trackerServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.Event], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[0], TrackerService_WatchEvents_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[1], TrackerService_WatchEvents_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +358,15 @@ type TrackerServiceServer interface {
 	// reached: nothing written), UNAVAILABLE (shutting down: nothing written),
 	// INTERNAL (store write failed: the tracker exits).
 	Accept(context.Context, *AcceptRequest) (*AcceptResponse, error)
+	// AcceptStream is Accept for many callers over one stream: the gateway
+	// sends whatever Sends are waiting as one batch, and the tracker accepts
+	// a batch with one synced commit (several when a batch holds more than
+	// one message of a conversation or idempotency key, in order) and answers
+	// each item by its request_id. Batches are handled concurrently, so their
+	// commits also share fsyncs. Each item has the semantics and errors of
+	// Accept. When the stream breaks, items without an answer may or may not
+	// have been accepted: retry them with their idempotency key.
+	AcceptStream(grpc.BidiStreamingServer[AcceptStreamRequest, AcceptStreamResponse]) error
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
 	// tokens, in one synced batch, and returns them. With reconcile set it
 	// also hands out reconcile leases (see Lease). If none is due it waits up
@@ -408,6 +440,9 @@ type UnimplementedTrackerServiceServer struct{}
 
 func (UnimplementedTrackerServiceServer) Accept(context.Context, *AcceptRequest) (*AcceptResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Accept not implemented")
+}
+func (UnimplementedTrackerServiceServer) AcceptStream(grpc.BidiStreamingServer[AcceptStreamRequest, AcceptStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method AcceptStream not implemented")
 }
 func (UnimplementedTrackerServiceServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
@@ -498,6 +533,13 @@ func _TrackerService_Accept_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _TrackerService_AcceptStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TrackerServiceServer).AcceptStream(&grpc.GenericServerStream[AcceptStreamRequest, AcceptStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_AcceptStreamServer = grpc.BidiStreamingServer[AcceptStreamRequest, AcceptStreamResponse]
 
 func _TrackerService_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LeaseRequest)
@@ -875,6 +917,12 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AcceptStream",
+			Handler:       _TrackerService_AcceptStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchEvents",
 			Handler:       _TrackerService_WatchEvents_Handler,

@@ -16,6 +16,7 @@ const (
 	msgDraining        = "gateway is draining; retry on another instance or after restart"
 	msgSendUnavailable = "tracker unreachable: the message was not accepted; retry with the same idempotency_key"
 	msgSendDeadline    = "the message may or may not have been accepted; retry with the same idempotency_key"
+	msgSendBroken      = "the connection to the tracker broke before it answered: the message may or may not have been accepted; retry with the same idempotency_key"
 	msgSendInternal    = "the tracker could not store the message: it may or may not have been accepted; retry with the same idempotency_key"
 	msgReadUnavailable = "tracker unreachable: retry shortly"
 	msgReadDeadline    = "the tracker did not answer in time: retry, or raise the deadline"
@@ -48,6 +49,14 @@ func (o op) changes() bool {
 	return o == opAbort || o == opRedrive || o == opPurge || o == opBackup
 }
 
+// streamBrokenError: the accept stream broke after the request was sent and
+// before it was answered, so the tracker may have accepted it.
+type streamBrokenError struct{ cause error }
+
+func (e *streamBrokenError) Error() string {
+	return "accept stream broke before the answer: " + e.cause.Error()
+}
+
 // trackerError turns an error from a tracker call into the status the caller
 // of op receives. It is the only place where the gateway translates errors.
 //
@@ -60,6 +69,11 @@ func (o op) changes() bool {
 func trackerError(ctx context.Context, log *slog.Logger, o op, err error) error {
 	if err == nil {
 		return nil
+	}
+	var broken *streamBrokenError
+	if errors.As(err, &broken) {
+		log.WarnContext(ctx, "the accept stream to the tracker broke before it answered", "op", string(o), "error", broken.cause.Error())
+		return status.Error(codes.Unavailable, msgSendBroken)
 	}
 	code, msg := codes.Unknown, err.Error()
 	if st, ok := status.FromError(err); ok {

@@ -80,6 +80,7 @@ type Service struct {
 	now           func() time.Time
 	newID         func() string
 	metrics       *Metrics
+	accepter      *accepter
 
 	draining atomic.Bool
 }
@@ -117,6 +118,7 @@ func New(cfg Config) (*Service, error) {
 	if s.newID == nil {
 		s.newID = func() string { return ulid.Make().String() }
 	}
+	s.accepter = newAccepter(s.tracker, s.log)
 	return s, nil
 }
 
@@ -124,6 +126,10 @@ func New(cfg Config) (*Service, error) {
 // already running finish normally. It cannot be undone: a draining gateway is
 // on its way out.
 func (s *Service) Drain() { s.draining.Store(true) }
+
+// Close ends the gateway's stream to the tracker. Call it after the gRPC
+// server has stopped: Sends still running would fail.
+func (s *Service) Close() { s.accepter.close() }
 
 // Draining reports whether Drain was called.
 func (s *Service) Draining() bool { return s.draining.Load() }
@@ -169,7 +175,7 @@ func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (resp *g
 	// The tracker turns the time to live into an expiry on its own clock,
 	// the one that decides expiry.
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	acc, err := s.tracker.Accept(ctx, &trackerv1.AcceptRequest{Message: msg, TtlNanos: ttl.Nanoseconds()})
+	acc, err := s.accepter.Accept(ctx, &trackerv1.AcceptRequest{Message: msg, TtlNanos: ttl.Nanoseconds()})
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opSend, err)
 	}

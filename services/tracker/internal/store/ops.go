@@ -72,43 +72,70 @@ func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
 	stripes = s.lock(stripes)
 	defer s.unlock(stripes)
 
-	if m.IdempotencyKey != "" {
-		v, closer, err := s.db.Get(idempotencyKey(m.Tenant, m.IdempotencyKey))
-		switch {
-		case err == nil:
-			id := string(v)
-			closer.Close()
-			orig, err := s.getMessage(id)
-			if err != nil {
-				return Accepted{}, fmt.Errorf("idempotency key points to %s: %w", id, err)
-			}
-			d, err := s.getDelivery(id)
-			if err != nil {
-				return Accepted{}, fmt.Errorf("idempotency key points to %s: %w", id, err)
-			}
-			return Accepted{Message: orig, Delivery: d, Duplicate: true}, nil
-		case !errors.Is(err, pebble.ErrNotFound):
-			return Accepted{}, fmt.Errorf("read idempotency key: %w", err)
-		}
+	if dup, ok, err := s.duplicate(m); ok || err != nil {
+		return dup, err
 	}
 	return s.acceptLocked(m, nil)
+}
+
+// duplicate returns the message an idempotency key already points to (ok),
+// under the key's stripe lock, which the caller holds.
+func (s *Store) duplicate(m *storev1.Message) (Accepted, bool, error) {
+	if m.IdempotencyKey == "" {
+		return Accepted{}, false, nil
+	}
+	v, closer, err := s.db.Get(idempotencyKey(m.Tenant, m.IdempotencyKey))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return Accepted{}, false, nil
+	case err != nil:
+		return Accepted{}, false, fmt.Errorf("read idempotency key: %w", err)
+	}
+	id := string(v)
+	closer.Close()
+	orig, err := s.getMessage(id)
+	if err != nil {
+		return Accepted{}, false, fmt.Errorf("idempotency key points to %s: %w", id, err)
+	}
+	d, err := s.getDelivery(id)
+	if err != nil {
+		return Accepted{}, false, fmt.Errorf("idempotency key points to %s: %w", id, err)
+	}
+	return Accepted{Message: orig, Delivery: d, Duplicate: true}, true, nil
 }
 
 // acceptLocked writes a new message under its conversation's (and key's)
 // stripe lock, which the caller holds. extra adds writes to the same batch.
 func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	if s.index.size() >= s.max {
-		return Accepted{}, fmt.Errorf("%w: %d messages are not yet delivered", ErrFull, s.max)
+		return Accepted{}, s.full()
 	}
+	t := s.newTxn()
+	defer t.close()
+	a, err := t.accept(m, extra)
+	if err != nil {
+		return Accepted{}, err
+	}
+	t.commit()
+	return a, nil
+}
+
+func (s *Store) full() error {
+	return fmt.Errorf("%w: %d messages are not yet delivered", ErrFull, s.max)
+}
+
+// accept adds a new message to the batch: it reads what it needs first and
+// writes nothing when it fails. The message's conversation must not have
+// another message in the batch (its sequence and head are read from the
+// store).
+func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
+	s := t.s
 	if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
 		closer.Close()
 		return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return Accepted{}, fmt.Errorf("read message %s: %w", m.Id, err)
 	}
-
-	t := s.newTxn()
-	defer t.close()
 	last, err := s.lastSequence(m.Tenant, m.Conversation)
 	if err != nil {
 		return Accepted{}, err
@@ -138,7 +165,6 @@ func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, 
 		extra(t)
 	}
 	t.event(EventAccepted, m, d, "", "")
-	t.commit()
 	return Accepted{Message: m, Delivery: d}, nil
 }
 

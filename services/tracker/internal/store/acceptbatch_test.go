@@ -1,0 +1,93 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+// TestAcceptBatchIsAcceptManyTimesOver: a batch gets Accept's answers
+// message by message (sequences in order within a conversation, a repeated
+// idempotency key answered as a duplicate of the first, invalid messages
+// refused alone), with one synced commit for every message of distinct
+// conversations.
+func TestAcceptBatchIsAcceptManyTimesOver(t *testing.T) {
+	var commits atomic.Int64
+	s, err := Open("db", Options{FS: vfs.NewMem(), Now: newClock().Now, CacheSize: 8 << 20,
+		OnCommit: func(time.Duration) { commits.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	commits.Store(0)
+
+	var distinct []*storev1.Message
+	for i := range 50 {
+		distinct = append(distinct, newMessage(fmt.Sprint("conv-", i)))
+	}
+	res, errs := s.AcceptBatch(distinct)
+	for i := range distinct {
+		if errs[i] != nil || res[i].Message.GetSequence() != 1 || res[i].Delivery.GetState() != storev1.State_STATE_PENDING {
+			t.Fatalf("message %d: %+v, %v", i, res[i], errs[i])
+		}
+	}
+	if n := commits.Load(); n != 1 {
+		t.Fatalf("50 messages of distinct conversations took %d commits, want 1", n)
+	}
+
+	a, b, c := newMessage("shared"), newMessage("shared"), newMessage("shared")
+	k1, k2 := newMessage("k"), newMessage("k-other")
+	k1.IdempotencyKey, k2.IdempotencyKey = "key", "key"
+	bad := newMessage("bad")
+	bad.Channel = ""
+	res, errs = s.AcceptBatch([]*storev1.Message{a, k1, b, bad, k2, c})
+	if errs[0] != nil || errs[2] != nil || errs[5] != nil {
+		t.Fatalf("same-conversation messages: %v %v %v", errs[0], errs[2], errs[5])
+	}
+	if res[0].Message.Sequence != 1 || res[2].Message.Sequence != 2 || res[5].Message.Sequence != 3 {
+		t.Fatalf("sequences %d %d %d, want 1 2 3", res[0].Message.Sequence, res[2].Message.Sequence, res[5].Message.Sequence)
+	}
+	if res[2].Delivery.GetBlocked() != true || res[0].Delivery.GetBlocked() {
+		t.Fatal("the second message of a conversation must wait for the first")
+	}
+	if errs[1] != nil || res[1].Duplicate || errs[4] != nil || !res[4].Duplicate || res[4].Message.Id != k1.Id {
+		t.Fatalf("idempotency key twice in a batch: %+v %v / %+v %v", res[1], errs[1], res[4], errs[4])
+	}
+	if !errors.Is(errs[3], ErrInvalid) {
+		t.Fatalf("invalid message: %v, want ErrInvalid", errs[3])
+	}
+	if r := s.Verify(true); len(r.Problems) > 0 {
+		t.Fatalf("verify: %v", r.Problems)
+	}
+}
+
+// TestAcceptBatchStopsAtMaxPending: the cap holds inside a batch.
+func TestAcceptBatchStopsAtMaxPending(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Now: newClock().Now, MaxPending: 3, CacheSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var msgs []*storev1.Message
+	for i := range 5 {
+		msgs = append(msgs, newMessage(fmt.Sprint("c", i)))
+	}
+	_, errs := s.AcceptBatch(msgs)
+	full := 0
+	for _, err := range errs {
+		if errors.Is(err, ErrFull) {
+			full++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if full != 2 || s.RecoverySize() != 3 {
+		t.Fatalf("%d refused, %d pending; want 2 and 3", full, s.RecoverySize())
+	}
+}

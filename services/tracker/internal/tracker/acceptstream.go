@@ -1,0 +1,148 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
+)
+
+// maxAcceptBatch bounds the items of one AcceptStream request.
+const maxAcceptBatch = 1024
+
+// acceptConcurrency is how many batches of one stream are committed at
+// once: their commits share fsyncs, as concurrent Accept calls would.
+const acceptConcurrency = 16
+
+// AcceptStream implements trackerv1.TrackerServiceServer: each request is
+// one store batch (AcceptBatch), handled concurrently with the stream's
+// other requests, answered item by item.
+func (s *Service) AcceptStream(stream trackerv1.TrackerService_AcceptStreamServer) error {
+	var (
+		wg      sync.WaitGroup
+		sendMu  sync.Mutex
+		sendErr error
+		slots   = make(chan struct{}, acceptConcurrency)
+	)
+	defer wg.Wait()
+	reqs := make(chan *trackerv1.AcceptStreamRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stream.Context().Done():
+				recvErr <- stream.Context().Err()
+				return
+			}
+		}
+	}()
+	for {
+		var req *trackerv1.AcceptStreamRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-s.stopping:
+			// Batches under way finish (wg) before the stream ends.
+			return status.Error(codes.Unavailable, "tracker is shutting down; items without an answer were not written: retry after it restarts")
+		}
+		if n := len(req.GetItems()); n > maxAcceptBatch {
+			return status.Errorf(codes.InvalidArgument, "%d items in one request; send at most %d", n, maxAcceptBatch)
+		}
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			resp := s.acceptBatch(req.GetItems())
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			if sendErr == nil {
+				sendErr = stream.Send(resp)
+			}
+		}()
+	}
+}
+
+// acceptBatch accepts the items with one store batch and answers each.
+func (s *Service) acceptBatch(items []*trackerv1.AcceptItem) *trackerv1.AcceptStreamResponse {
+	resp := &trackerv1.AcceptStreamResponse{Results: make([]*trackerv1.AcceptResult, len(items))}
+	msgs := make([]*storev1.Message, 0, len(items))
+	idx := make([]int, 0, len(items))
+	now := s.now()
+	for i, it := range items {
+		resp.Results[i] = &trackerv1.AcceptResult{RequestId: it.GetRequestId()}
+		m := it.GetRequest().GetMessage()
+		if m == nil {
+			resp.Results[i].Code, resp.Results[i].Error = int32(codes.InvalidArgument), "message is required"
+			continue
+		}
+		if err := s.refuse(); err != nil {
+			st := status.Convert(err)
+			resp.Results[i].Code, resp.Results[i].Error = int32(st.Code()), st.Message()
+			continue
+		}
+		if ttl := it.GetRequest().GetTtlNanos(); ttl > 0 {
+			m.ExpiresAtUnixNano = now.Add(time.Duration(ttl)).UnixNano()
+		}
+		msgs = append(msgs, m)
+		idx = append(idx, i)
+	}
+	start := time.Now()
+	accepted, errs := s.store.AcceptBatch(msgs)
+	end := time.Now()
+	for j, i := range idx {
+		r := resp.Results[i]
+		if errs[j] != nil {
+			st := status.Convert(s.toStatus("accept", errs[j]))
+			r.Code, r.Error = int32(st.Code()), st.Message()
+		} else {
+			a := accepted[j]
+			r.Response = &trackerv1.AcceptResponse{Message: a.Message, Delivery: a.Delivery, Duplicate: a.Duplicate}
+		}
+		s.traceAccept(msgs[j], errs[j], start, end, len(msgs))
+	}
+	return resp
+}
+
+// traceAccept records a tracker.Accept span in the message's trace: the
+// stream's own span belongs to no message.
+func (s *Service) traceAccept(m *storev1.Message, err error, start, end time.Time, batch int) {
+	parent := otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
+		"traceparent": m.GetTraceparent(), "tracestate": m.GetTracestate(),
+	})
+	if !trace.SpanContextFromContext(parent).IsSampled() {
+		return
+	}
+	_, span := s.tracer.Start(parent, "tracker.Accept", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start), trace.WithAttributes(
+		attribute.String("herald.message_id", m.GetId()),
+		attribute.String("herald.channel", m.GetChannel()),
+		attribute.String("herald.conversation", m.GetConversation()),
+		attribute.Int("herald.batch_size", batch),
+	))
+	if err != nil {
+		span.SetStatus(otelcodes.Error, err.Error())
+	}
+	span.End(trace.WithTimestamp(end))
+}
