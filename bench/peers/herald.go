@@ -147,8 +147,11 @@ func (h *heraldEnv) send(ctx context.Context, callers int, dur time.Duration) (s
 		return sample{}, err
 	}
 	if h.commits != "" {
+		// Acknowledged Sends per WAL fsync: the tracker commits a batch of
+		// Sends at once (AcceptStream), and Pebble's group commit shares
+		// each fsync among concurrent commits; both count.
 		if f := m1[h.fsyncs] - m0[h.fsyncs]; f > 0 {
-			s.commitsPerFsync = (m1[h.commits] - m0[h.commits]) / f
+			s.commitsPerFsync = float64(s.ops) / f
 		}
 	}
 	if h.e.cfg.sendDelivering {

@@ -66,7 +66,7 @@ func targets(e *env) []target {
 			value: throughputRatio("heraldE2E", "rabbitE2E")},
 		{name: "herald end to end ≥ 5 × NATS end to end", bound: 5, atLeast: true, needs: []string{"heraldE2E", "natsE2E"},
 			value: throughputRatio("heraldE2E", "natsE2E")},
-		{name: "group commit: commits per WAL fsync at Send@64 ≥ 10", bound: 10, atLeast: true, needs: []string{"send64"},
+		{name: "group commit: acknowledged Sends per WAL fsync at Send@64 ≥ 10", bound: 10, atLeast: true, needs: []string{"send64"},
 			value: func(rd round) (float64, bool) {
 				x, ok := rd.samples["send64"]
 				return x.commitsPerFsync, ok && x.commitsPerFsync > 0
@@ -121,7 +121,7 @@ func report(w io.Writer, e *env, subjects []subject, res results) {
 	}
 	fmt.Fprintln(w)
 
-	rows := [][]string{{"subject", "msgs/s", "p50", "p99", "CPU/msg", "srv CPU/msg", "peak RSS", "commits/fsync"}}
+	rows := [][]string{{"subject", "msgs/s", "p50", "p99", "CPU/msg", "srv CPU/msg", "peak RSS", "acks/fsync"}}
 	var probes []sample
 	for _, rd := range kept {
 		probes = append(probes, rd.probeStart, rd.probeEnd)
@@ -163,7 +163,7 @@ epmd; nats-server; herald's gateway, tracker, plugins and queue, the queue only 
 herald-storebench rows count that process alone (getrusage around its loop); srv CPU/msg is the
 servers' share. peak RSS: VmHWM summed over the subject's server processes (the harness is not
 counted), highest over the rounds; the long-lived servers' peak covers the whole run so far.
-commits/fsync: Pebble commits per WAL fsync during the measurement (herald: from the tracker's %s).
+acks/fsync: acknowledged writes per WAL fsync during the measurement (herald: Sends answered per fsync, from the tracker's %s).
 Skeleton: separate processes (proxy and server re-executed from this binary), client in the harness.
 herald Send: %s.
 `, orDash(e.commitMetrics), sendMode(cfg))

@@ -20,8 +20,9 @@ type sample struct {
 	// rssKiB is the peak RSS (VmHWM) summed over the subject's server
 	// processes; zero when it has none.
 	rssKiB int64
-	// commitsPerFsync is Pebble commits per WAL fsync during the
-	// measurement; zero when not known.
+	// commitsPerFsync is acknowledged writes (a raw Pebble commit, a store
+	// Accept, a herald Send) per WAL fsync during the measurement; zero
+	// when not known.
 	commitsPerFsync float64
 }
 
