@@ -16,6 +16,12 @@ import (
 // maxBatch is the most Sends one AcceptStream request carries.
 const maxBatch = 256
 
+// maxOutstanding is how many requests may wait for the tracker's answer at
+// once. While they do, new Sends gather into the next request: under load,
+// batches grow until one commit (and one fsync) serves many Sends; a lone
+// Send never waits.
+const maxOutstanding = 4
+
 // accepter carries Send's Accept calls to the tracker over one
 // AcceptStream: whatever calls are waiting when the stream is free to send
 // go as one request, which the tracker makes durable with one commit. No
@@ -146,6 +152,7 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 	)
 	recvErr := make(chan error, 1)
 	var got atomic.Bool
+	slots := make(chan struct{}, maxOutstanding)
 	go func() {
 		for {
 			resp, err := stream.Recv()
@@ -154,6 +161,7 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 				return
 			}
 			got.Store(true)
+			<-slots // the tracker answers each request once
 			mu.Lock()
 			for _, r := range resp.GetResults() {
 				c := pending[r.GetRequestId()]
@@ -191,6 +199,16 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 		return got.Load()
 	}
 	for {
+		// Wait for a free slot first: the calls that arrive meanwhile
+		// make the next request.
+		select {
+		case slots <- struct{}{}:
+		case err := <-recvErr:
+			return broken(err)
+		case <-ctx.Done():
+			stream.CloseSend()
+			return broken(<-recvErr)
+		}
 		var first *acceptCall
 		select {
 		case first = <-a.calls:
@@ -223,6 +241,7 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 		}
 		mu.Unlock()
 		if len(req.Items) == 0 {
+			<-slots
 			continue
 		}
 		if err := stream.Send(req); err != nil {

@@ -55,7 +55,9 @@ const (
 	// strictly increase; a crash may leave holes where unacknowledged
 	// batches were lost.
 	prefixEvent byte = 0x0a
-	// prefixTimeline | id[26] | seq[8] → storev1.Event. One message's events.
+	// prefixTimeline | id[26] | seq[8] → empty: one message's events, by
+	// their sequence in the event log (stores written before schema 2's
+	// last change hold a copy of the storev1.Event; both are read).
 	prefixTimeline byte = 0x0b
 	// prefixDeadLetter | failedAt[8] | id[26] → empty. FAILED messages.
 	prefixDeadLetter byte = 0x0c

@@ -140,9 +140,11 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	if err != nil {
 		return Accepted{}, err
 	}
-	head, err := t.head(m.Tenant, m.Conversation)
-	if err != nil {
-		return Accepted{}, fmt.Errorf("read conversation head: %w", err)
+	var head string
+	if last > 0 { // a new conversation has no active message to wait for
+		if head, err = t.head(m.Tenant, m.Conversation); err != nil {
+			return Accepted{}, fmt.Errorf("read conversation head: %w", err)
+		}
 	}
 	m.Sequence = last + 1
 	m.AcceptedAtUnixNano = t.now

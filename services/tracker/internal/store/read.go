@@ -39,6 +39,21 @@ func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.
 		if err != nil {
 			return nil, nil, nil, err
 		}
+		if len(v) == 0 {
+			// The entry points to the event log by sequence (stores
+			// written before held a copy of the event here).
+			k := it.Key()
+			seq := binary.BigEndian.Uint64(k[len(k)-8:])
+			ok, err := s.getProto(eventKey(seq), ev)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("read event %d of %s: %w", seq, id, err)
+			}
+			if !ok {
+				return nil, nil, nil, fmt.Errorf("timeline of %s: event %d is missing from the event log", id, seq)
+			}
+			timeline = append(timeline, ev)
+			continue
+		}
 		if err := proto.Unmarshal(v, ev); err != nil {
 			return nil, nil, nil, fmt.Errorf("decode timeline of %s: %w", id, err)
 		}

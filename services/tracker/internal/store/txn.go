@@ -225,7 +225,9 @@ func (t *txn) commit() {
 			ev.Sequence = first + uint64(i)
 			v := mustMarshal(ev)
 			t.b.Set(eventKey(ev.Sequence), v, nil)
-			t.b.Set(timelineKey(ev.GetMessageId(), ev.Sequence), v, nil)
+			// The timeline entry points to the event by its sequence: the
+			// event is written once, in the log.
+			t.b.Set(timelineKey(ev.GetMessageId(), ev.Sequence), nil, nil)
 		}
 	}
 	for st, n := range t.counts {
