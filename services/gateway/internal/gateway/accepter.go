@@ -94,7 +94,7 @@ func (a *accepter) run(ctx context.Context) {
 				backoff = 10 * time.Millisecond
 			}
 		} else {
-			a.log.Warn("cannot open the accept stream to the tracker; Sends fail until it can be opened", "error_code", "GW_002", "err", err)
+			a.log.Warn("cannot open the accept stream to the tracker; Sends fail until it can be opened", "error_code", "GW_001", "err", err)
 		}
 		cancel()
 		if a.unary.Load() {
@@ -191,7 +191,7 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 			return got.Load()
 		}
 		if ctx.Err() == nil {
-			a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_002", "unanswered", len(pending), "err", err)
+			a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_001", "unanswered", len(pending), "err", err)
 		}
 		for _, c := range pending {
 			c.done <- acceptAnswer{err: &streamBrokenError{cause: err}}
