@@ -190,7 +190,12 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 			}
 			return got.Load()
 		}
-		if ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+		case len(pending) == 0:
+			// Nothing lost: a restart or a stop of the tracker.
+			a.log.Info("the accept stream to the tracker ended; reopening it", "err", err)
+		default:
 			a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_001", "unanswered", len(pending), "err", err)
 		}
 		for _, c := range pending {
