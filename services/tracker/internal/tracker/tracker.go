@@ -90,20 +90,12 @@ func New(st *store.Store, log *slog.Logger, now func() time.Time, backupDir stri
 
 // Accept implements trackerv1.TrackerServiceServer.
 func (s *Service) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*trackerv1.AcceptResponse, error) {
-	if req.GetMessage() == nil {
-		return nil, status.Error(codes.InvalidArgument, "message is required")
+	// One path for both: a unary Accept is a stream request of one item.
+	r := s.acceptBatch([]*trackerv1.AcceptItem{{Request: req}}).GetResults()[0]
+	if r.GetResponse() == nil {
+		return nil, status.Error(codes.Code(r.GetCode()), r.GetError())
 	}
-	if err := s.refuse(); err != nil {
-		return nil, err
-	}
-	if ttl := req.GetTtlNanos(); ttl > 0 {
-		req.GetMessage().ExpiresAtUnixNano = s.now().Add(time.Duration(ttl)).UnixNano()
-	}
-	a, err := s.store.Accept(req.GetMessage())
-	if err != nil {
-		return nil, s.toStatus("accept", err)
-	}
-	return &trackerv1.AcceptResponse{Message: a.Message, Delivery: a.Delivery, Duplicate: a.Duplicate}, nil
+	return r.GetResponse(), nil
 }
 
 // Lease implements trackerv1.TrackerServiceServer. It answers as soon as
