@@ -32,45 +32,26 @@ const acceptConcurrency = 16
 func (s *Service) AcceptStream(stream trackerv1.TrackerService_AcceptStreamServer) error {
 	var (
 		wg      sync.WaitGroup
+		mu      sync.Mutex
+		closing bool // set when the handler returns: no batch starts after
 		sendMu  sync.Mutex
 		sendErr error
 		slots   = make(chan struct{}, acceptConcurrency)
 	)
-	defer wg.Wait()
-	reqs := make(chan *trackerv1.AcceptStreamRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-stream.Context().Done():
-				recvErr <- stream.Context().Err()
-				return
-			}
-		}
+	defer func() {
+		mu.Lock()
+		closing = true
+		mu.Unlock()
+		wg.Wait() // batches under way finish and answer first
 	}()
-	for {
-		var req *trackerv1.AcceptStreamRequest
-		select {
-		case req = <-reqs:
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case <-s.stopping:
-			// Batches under way finish (wg) before the stream ends.
-			return status.Error(codes.Unavailable, "tracker is shutting down; items without an answer were not written: retry after it restarts")
+	// The receiver starts each request's batch itself: one hand-off less
+	// between a request's arrival and its commit.
+	start := func(req *trackerv1.AcceptStreamRequest) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if closing {
+			return false
 		}
-		if n := len(req.GetItems()); n > maxAcceptBatch {
-			return status.Errorf(codes.InvalidArgument, "%d items in one request; send at most %d", n, maxAcceptBatch)
-		}
-		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -82,6 +63,40 @@ func (s *Service) AcceptStream(stream trackerv1.TrackerService_AcceptStreamServe
 				sendErr = stream.Send(resp)
 			}
 		}()
+		return true
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if n := len(req.GetItems()); n > maxAcceptBatch {
+				recvErr <- status.Errorf(codes.InvalidArgument, "%d items in one request; send at most %d", n, maxAcceptBatch)
+				return
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-stream.Context().Done():
+				recvErr <- stream.Context().Err()
+				return
+			}
+			if !start(req) {
+				<-slots
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-recvErr:
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	case <-s.stopping:
+		return status.Error(codes.Unavailable, "tracker is shutting down; items without an answer were not written: retry after it restarts")
 	}
 }
 
