@@ -40,6 +40,9 @@ func (s *Store) AcceptBatch(msgs []*storev1.Message) ([]Accepted, []error) {
 // splitRound takes from todo the messages whose conversation, idempotency
 // key and id no earlier message in the round has; the rest wait.
 func splitRound(msgs []*storev1.Message, todo []int) (round, rest []int) {
+	if len(todo) == 1 {
+		return todo, nil
+	}
 	seen := make(map[string]bool, 3*len(todo))
 	for _, i := range todo {
 		m := msgs[i]

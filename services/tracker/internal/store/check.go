@@ -7,9 +7,7 @@ import (
 	"io/fs"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/sstable"
-	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
@@ -23,108 +21,73 @@ import (
 // states add up to the index. Report.Counts holds the counters; Messages
 // is their sum. Block checksums of the whole store are Scrub's job.
 func (s *Store) Check() Report {
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
-	r := Report{Counts: map[storev1.State]int64{}}
-	problem := func(format string, args ...any) {
-		if len(r.Problems) < maxProblems {
-			r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
-		}
-	}
-	get := func(key []byte, m proto.Message) (bool, error) {
-		v, closer, err := snap.Get(key)
-		if errors.Is(err, pebble.ErrNotFound) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		defer closer.Close()
-		return true, proto.Unmarshal(v, m)
-	}
-	scan := func(prefix byte, fn func(k, v []byte)) {
-		it, err := snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
-		if err != nil {
-			problem("open iterator over family %#x: %v", prefix, err)
-			return
-		}
-		defer it.Close()
-		for ok := it.First(); ok; ok = it.Next() {
-			v, err := it.ValueAndErr()
-			if err != nil {
-				problem("read %x: %v", it.Key(), err)
-				continue
-			}
-			fn(it.Key(), v)
-		}
-		if err := it.Error(); err != nil {
-			problem("scan family %#x: %v", prefix, err)
-		}
-	}
+	c, done := s.newChecker()
+	defer done()
+	r := c.r
 
 	indexed := map[string]bool{}
-	scan(prefixRecovery, func(k, v []byte) {
+	c.scan(prefixRecovery, func(k, v []byte) {
 		r.RecoveryEntries++
 		kind, at, id, err := parseRecoveryKey(k)
 		if err != nil {
-			problem("%v", err)
+			c.problem("%v", err)
 			return
 		}
 		if indexed[id] {
-			problem("message %s is in the recovery index more than once", id)
+			c.problem("message %s is in the recovery index more than once", id)
 		}
 		indexed[id] = true
 		d := &storev1.Delivery{}
-		if ok, err := get(deliveryKey(id), d); err != nil || !ok {
-			problem("recovery entry %x points to message %s, whose delivery record cannot be read (found=%v): %v", k, id, ok, err)
+		if ok, err := c.get(deliveryKey(id), d); err != nil || !ok {
+			c.problem("recovery entry %x points to message %s, whose delivery record cannot be read (found=%v): %v", k, id, ok, err)
 			return
 		}
 		wantKind, wantAt, ok := indexPlace(d)
 		switch {
 		case !ok:
-			problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
+			c.problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
 		case wantKind != kind || wantAt != at:
-			problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
+			c.problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
 		}
 		m := &storev1.Message{}
-		if ok, err := get(messageKey(id), m); err != nil || !ok {
-			problem("recovery entry for %s: message record cannot be read (found=%v): %v", id, ok, err)
+		if ok, err := c.get(messageKey(id), m); err != nil || !ok {
+			c.problem("recovery entry for %s: message record cannot be read (found=%v): %v", id, ok, err)
 			return
 		}
 		ch, tenant, conv, err := parseRecoveryValue(v)
 		if err != nil || ch != m.GetChannel() || tenant != m.GetTenant() || conv != m.GetConversation() {
-			problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
+			c.problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
 		}
 	})
 
 	active := 0
-	scan(prefixConvActive, func(k, v []byte) {
+	c.scan(prefixConvActive, func(k, v []byte) {
 		active++
 		if !indexed[string(v)] {
-			problem("conversation entry %x: message %s is active in its conversation but not in the recovery index", k, v)
+			c.problem("conversation entry %x: message %s is active in its conversation but not in the recovery index", k, v)
 		}
 	})
 	if active != len(indexed) {
-		problem("%d messages are active in conversations, %d are in the recovery index", active, len(indexed))
+		c.problem("%d messages are active in conversations, %d are in the recovery index", active, len(indexed))
 	}
 
-	scan(prefixCount, func(k, v []byte) {
+	c.scan(prefixCount, func(k, v []byte) {
 		if len(k) != 2 || len(v) != 8 {
-			problem("counter %x: bad shape", k)
+			c.problem("counter %x: bad shape", k)
 			return
 		}
 		n := int64(counterValue(v))
 		r.Counts[storev1.State(k[1])] = n
 		r.Messages += int(n)
 		if n < 0 {
-			problem("counter for %s is negative (%d)", storev1.State(k[1]), n)
+			c.problem("counter for %s is negative (%d)", storev1.State(k[1]), n)
 		}
 	})
 	open := r.Counts[storev1.State_STATE_PENDING] + r.Counts[storev1.State_STATE_IN_FLIGHT] + r.Counts[storev1.State_STATE_UNKNOWN]
 	if open != int64(len(indexed)) {
-		problem("the counters say %d messages are not finished, the recovery index holds %d", open, len(indexed))
+		c.problem("the counters say %d messages are not finished, the recovery index holds %d", open, len(indexed))
 	}
-	return r
+	return *r
 }
 
 // Scrub reads every block of every table and checks its checksum, without

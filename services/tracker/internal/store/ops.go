@@ -56,26 +56,8 @@ type Accepted struct {
 // Conversation becomes the recipient. Accept sets m.Sequence and
 // m.AcceptedAtUnixNano. Errors: ErrInvalid, ErrExists, ErrFull, ErrClosed.
 func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
-	if s.closed.Load() {
-		return Accepted{}, ErrClosed
-	}
-	if err := validateMessage(m); err != nil {
-		return Accepted{}, err
-	}
-	if m.Conversation == "" {
-		m.Conversation = m.Recipient
-	}
-	stripes := lockSet{s.stripe(m.Tenant, m.Conversation)}
-	if m.IdempotencyKey != "" {
-		stripes = append(stripes, s.idemStripe(m.Tenant, m.IdempotencyKey))
-	}
-	stripes = s.lock(stripes)
-	defer s.unlock(stripes)
-
-	if dup, ok, err := s.duplicate(m); ok || err != nil {
-		return dup, err
-	}
-	return s.acceptLocked(m, nil)
+	res, errs := s.AcceptBatch([]*storev1.Message{m})
+	return res[0], errs[0]
 }
 
 // duplicate returns the message an idempotency key already points to (ok),

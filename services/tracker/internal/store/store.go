@@ -353,7 +353,13 @@ func (s *Store) lastEventSequence() (uint64, error) {
 
 // getProto reads key into m. It reports false when the key is absent.
 func (s *Store) getProto(key []byte, m proto.Message) (bool, error) {
-	v, closer, err := s.db.Get(key)
+	return readProto(s.db, key, m)
+}
+
+// readProto reads key from r (the store or a snapshot of it) into m. It
+// reports false when the key is absent.
+func readProto(r pebble.Reader, key []byte, m proto.Message) (bool, error) {
+	v, closer, err := r.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return false, nil
 	}

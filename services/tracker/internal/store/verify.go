@@ -34,6 +34,47 @@ type Report struct {
 	Problems []string
 }
 
+// checker reads one snapshot of the store and collects what is wrong with
+// it, for Verify and Check.
+type checker struct {
+	snap *pebble.Snapshot
+	r    *Report
+}
+
+func (s *Store) newChecker() (*checker, func()) {
+	snap := s.db.NewSnapshot()
+	return &checker{snap: snap, r: &Report{Counts: map[storev1.State]int64{}}}, func() { snap.Close() }
+}
+
+func (c *checker) problem(format string, args ...any) {
+	if len(c.r.Problems) < maxProblems {
+		c.r.Problems = append(c.r.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// scan calls fn for every key of a family; read errors become problems.
+func (c *checker) scan(prefix byte, fn func(k, v []byte)) {
+	it, err := c.snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	if err != nil {
+		c.problem("open iterator over family %#x: %v", prefix, err)
+		return
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			c.problem("read %x: %v", it.Key(), err)
+			continue
+		}
+		fn(it.Key(), v)
+	}
+	if err := it.Error(); err != nil {
+		c.problem("scan family %#x: %v", prefix, err)
+	}
+}
+
+func (c *checker) get(key []byte, m proto.Message) (bool, error) { return readProto(c.snap, key, m) }
+
 // maxProblems bounds the report so a badly damaged store still answers.
 const maxProblems = 1000
 
@@ -47,39 +88,15 @@ const maxProblems = 1000
 // a crash are counted, not reported) and that every record
 // decodes. It can run while the store serves.
 func (s *Store) Verify(full bool) Report {
-	snap := s.db.NewSnapshot()
-	defer snap.Close()
-	r := Report{Counts: map[storev1.State]int64{}}
-	problem := func(format string, args ...any) {
-		if len(r.Problems) < maxProblems {
-			r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
-		}
-	}
-	scan := func(prefix byte, fn func(k, v []byte)) {
-		it, err := snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
-		if err != nil {
-			problem("open iterator over family %#x: %v", prefix, err)
-			return
-		}
-		defer it.Close()
-		for ok := it.First(); ok; ok = it.Next() {
-			v, err := it.ValueAndErr()
-			if err != nil {
-				problem("read %x: %v", it.Key(), err)
-				continue
-			}
-			fn(it.Key(), v)
-		}
-		if err := it.Error(); err != nil {
-			problem("scan family %#x: %v", prefix, err)
-		}
-	}
+	c, done := s.newChecker()
+	defer done()
+	r := c.r
 
 	messages := map[string]*storev1.Message{}
-	scan(prefixMessage, func(k, v []byte) {
+	c.scan(prefixMessage, func(k, v []byte) {
 		m := &storev1.Message{}
 		if err := proto.Unmarshal(v, m); err != nil {
-			problem("message %s does not decode: %v", k[1:], err)
+			c.problem("message %s does not decode: %v", k[1:], err)
 			return
 		}
 		messages[string(k[1:])] = m
@@ -87,50 +104,50 @@ func (s *Store) Verify(full bool) Report {
 	r.Messages = len(messages)
 
 	deliveries := map[string]*storev1.Delivery{}
-	scan(prefixDelivery, func(k, v []byte) {
+	c.scan(prefixDelivery, func(k, v []byte) {
 		id := string(k[1:])
 		d := &storev1.Delivery{}
 		if err := proto.Unmarshal(v, d); err != nil {
-			problem("delivery %s does not decode: %v", id, err)
+			c.problem("delivery %s does not decode: %v", id, err)
 			return
 		}
 		deliveries[id] = d
 		r.Counts[d.GetState()]++
 		if messages[id] == nil {
-			problem("delivery %s has no message record", id)
+			c.problem("delivery %s has no message record", id)
 		}
 	})
 	for id := range messages {
 		if deliveries[id] == nil {
-			problem("message %s has no delivery record", id)
+			c.problem("message %s has no delivery record", id)
 		}
 	}
 
 	indexed := map[string]int{}
-	scan(prefixRecovery, func(k, v []byte) {
+	c.scan(prefixRecovery, func(k, v []byte) {
 		r.RecoveryEntries++
 		kind, at, id, err := parseRecoveryKey(k)
 		if err != nil {
-			problem("%v", err)
+			c.problem("%v", err)
 			return
 		}
 		indexed[id]++
 		d := deliveries[id]
 		if d == nil {
-			problem("recovery entry %x points to missing message %s", k, id)
+			c.problem("recovery entry %x points to missing message %s", k, id)
 			return
 		}
 		wantKind, wantAt, ok := indexPlace(d)
 		switch {
 		case !ok:
-			problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
+			c.problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
 		case wantKind != kind || wantAt != at:
-			problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
+			c.problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
 		}
 		if m := messages[id]; m != nil {
 			ch, tenant, conv, err := parseRecoveryValue(v)
 			if err != nil || ch != m.GetChannel() || tenant != m.GetTenant() || conv != m.GetConversation() {
-				problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
+				c.problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
 			}
 		}
 	})
@@ -138,15 +155,15 @@ func (s *Store) Verify(full bool) Report {
 		n := indexed[id]
 		switch {
 		case !IsTerminal(d.GetState()) && n != 1:
-			problem("message %s is %s but in the recovery index %d times, want once", id, d.GetState(), n)
+			c.problem("message %s is %s but in the recovery index %d times, want once", id, d.GetState(), n)
 		case IsTerminal(d.GetState()) && n != 0:
-			problem("message %s is terminal (%s) but in the recovery index", id, d.GetState())
+			c.problem("message %s is terminal (%s) but in the recovery index", id, d.GetState())
 		}
 	}
 
-	scan(prefixIdempotency, func(k, v []byte) {
+	c.scan(prefixIdempotency, func(k, v []byte) {
 		if messages[string(v)] == nil {
-			problem("idempotency key %q points to missing message %s", k[1:], v)
+			c.problem("idempotency key %q points to missing message %s", k[1:], v)
 		}
 	})
 
@@ -165,18 +182,18 @@ func (s *Store) Verify(full bool) Report {
 		}
 		return c
 	}
-	scan(prefixConvSeq, func(k, v []byte) {
+	c.scan(prefixConvSeq, func(k, v []byte) {
 		if len(v) != 8 {
-			problem("conversation sequence %q: bad value", k[1:])
+			c.problem("conversation sequence %q: bad value", k[1:])
 			return
 		}
 		conv(string(k[1:])).last = binary.BigEndian.Uint64(v)
 	})
 	active := map[string]bool{}
 	for _, fam := range []byte{prefixConvHistory, prefixConvActive} {
-		scan(fam, func(k, v []byte) {
+		c.scan(fam, func(k, v []byte) {
 			if len(k) < 1+8+2 {
-				problem("conversation key %x: too short", k)
+				c.problem("conversation key %x: too short", k)
 				return
 			}
 			key := string(k[1 : len(k)-8])
@@ -184,11 +201,11 @@ func (s *Store) Verify(full bool) Report {
 			id := string(v)
 			m := messages[id]
 			if m == nil {
-				problem("conversation entry %x points to missing message %s", k, id)
+				c.problem("conversation entry %x points to missing message %s", k, id)
 				return
 			}
 			if m.GetSequence() != seq {
-				problem("conversation entry %x has sequence %d, message %s has %d", k, seq, id, m.GetSequence())
+				c.problem("conversation entry %x has sequence %d, message %s has %d", k, seq, id, m.GetSequence())
 			}
 			if fam == prefixConvHistory {
 				conv(key).history = append(conv(key).history, seq)
@@ -196,13 +213,13 @@ func (s *Store) Verify(full bool) Report {
 			}
 			active[id] = true
 			if d := deliveries[id]; d != nil && IsTerminal(d.GetState()) {
-				problem("message %s is terminal (%s) but still active in its conversation", id, d.GetState())
+				c.problem("message %s is terminal (%s) but still active in its conversation", id, d.GetState())
 			}
 		})
 	}
 	for id, d := range deliveries {
 		if !IsTerminal(d.GetState()) && !active[id] {
-			problem("message %s is %s but not active in its conversation", id, d.GetState())
+			c.problem("message %s is %s but not active in its conversation", id, d.GetState())
 		}
 	}
 	keys := make([]string, 0, len(convs))
@@ -211,20 +228,20 @@ func (s *Store) Verify(full bool) Report {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		c := convs[k]
-		for i, seq := range c.history {
+		cv := convs[k]
+		for i, seq := range cv.history {
 			if seq != uint64(i+1) {
-				problem("conversation %q: sequence %d where %d was expected (a gap)", k, seq, i+1)
+				c.problem("conversation %q: sequence %d where %d was expected (a gap)", k, seq, i+1)
 				break
 			}
 		}
-		if uint64(len(c.history)) != c.last {
-			problem("conversation %q: last sequence %d but %d history entries", k, c.last, len(c.history))
+		if uint64(len(cv.history)) != cv.last {
+			c.problem("conversation %q: last sequence %d but %d history entries", k, cv.last, len(cv.history))
 		}
 	}
 
 	counters := map[storev1.State]int64{}
-	scan(prefixCount, func(k, v []byte) {
+	c.scan(prefixCount, func(k, v []byte) {
 		if len(k) == 2 && len(v) == 8 {
 			counters[storev1.State(k[1])] = int64(binary.LittleEndian.Uint64(v))
 		}
@@ -232,40 +249,40 @@ func (s *Store) Verify(full bool) Report {
 	for st := range storev1.State_name {
 		state := storev1.State(st)
 		if counters[state] != r.Counts[state] {
-			problem("counter for %s says %d, the records say %d", state, counters[state], r.Counts[state])
+			c.problem("counter for %s says %d, the records say %d", state, counters[state], r.Counts[state])
 		}
 	}
 
 	if full {
 		var last uint64
-		scan(prefixEvent, func(k, v []byte) {
+		c.scan(prefixEvent, func(k, v []byte) {
 			r.Events++
 			seq := binary.BigEndian.Uint64(k[1:])
 			// Sequences are handed out before Pebble orders the commits, so a
 			// crash can lose an unacknowledged batch's events while a later
 			// batch's survive: holes are expected, disorder is not.
 			if seq <= last {
-				problem("event log: sequence %d after %d", seq, last)
+				c.problem("event log: sequence %d after %d", seq, last)
 			}
 			if seq > last+1 {
 				r.EventHoles += seq - last - 1
 			}
 			last = seq
 			if err := proto.Unmarshal(v, &storev1.Event{}); err != nil {
-				problem("event %d does not decode: %v", seq, err)
+				c.problem("event %d does not decode: %v", seq, err)
 			}
 		})
 	}
 
 	h := sha256.New()
-	it, err := snap.NewIter(nil)
+	it, err := c.snap.NewIter(nil)
 	if err != nil {
-		problem("hash: %v", err)
+		c.problem("hash: %v", err)
 	} else {
 		for ok := it.First(); ok; ok = it.Next() {
 			v, err := it.ValueAndErr()
 			if err != nil {
-				problem("hash: read %x: %v", it.Key(), err)
+				c.problem("hash: read %x: %v", it.Key(), err)
 				continue
 			}
 			var n [4]byte
@@ -277,10 +294,10 @@ func (s *Store) Verify(full bool) Report {
 			h.Write(v)
 		}
 		if err := it.Error(); err != nil {
-			problem("hash: %v", err)
+			c.problem("hash: %v", err)
 		}
 		it.Close()
 	}
 	r.StateHash = hex.EncodeToString(h.Sum(nil))
-	return r
+	return *r
 }

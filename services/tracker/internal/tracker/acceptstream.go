@@ -1,17 +1,11 @@
 package tracker
 
 import (
-	"context"
 	"errors"
 	"io"
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	otelcodes "go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -106,16 +100,16 @@ func (s *Service) acceptBatch(items []*trackerv1.AcceptItem) *trackerv1.AcceptSt
 	msgs := make([]*storev1.Message, 0, len(items))
 	idx := make([]int, 0, len(items))
 	now := s.now()
+	refused := status.Convert(s.refuse())
 	for i, it := range items {
 		resp.Results[i] = &trackerv1.AcceptResult{RequestId: it.GetRequestId()}
 		m := it.GetRequest().GetMessage()
-		if m == nil {
+		switch {
+		case m == nil:
 			resp.Results[i].Code, resp.Results[i].Error = int32(codes.InvalidArgument), "message is required"
 			continue
-		}
-		if err := s.refuse(); err != nil {
-			st := status.Convert(err)
-			resp.Results[i].Code, resp.Results[i].Error = int32(st.Code()), st.Message()
+		case refused.Code() != codes.OK:
+			resp.Results[i].Code, resp.Results[i].Error = int32(refused.Code()), refused.Message()
 			continue
 		}
 		if ttl := it.GetRequest().GetTtlNanos(); ttl > 0 {
@@ -139,25 +133,4 @@ func (s *Service) acceptBatch(items []*trackerv1.AcceptItem) *trackerv1.AcceptSt
 		s.traceAccept(msgs[j], errs[j], start, end, len(msgs))
 	}
 	return resp
-}
-
-// traceAccept records a tracker.Accept span in the message's trace: the
-// stream's own span belongs to no message.
-func (s *Service) traceAccept(m *storev1.Message, err error, start, end time.Time, batch int) {
-	parent := otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
-		"traceparent": m.GetTraceparent(), "tracestate": m.GetTracestate(),
-	})
-	if !trace.SpanContextFromContext(parent).IsSampled() {
-		return
-	}
-	_, span := s.tracer.Start(parent, "tracker.Accept", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start), trace.WithAttributes(
-		attribute.String("herald.message_id", m.GetId()),
-		attribute.String("herald.channel", m.GetChannel()),
-		attribute.String("herald.conversation", m.GetConversation()),
-		attribute.Int("herald.batch_size", batch),
-	))
-	if err != nil {
-		span.SetStatus(otelcodes.Error, err.Error())
-	}
-	span.End(trace.WithTimestamp(end))
 }

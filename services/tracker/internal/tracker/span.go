@@ -60,9 +60,8 @@ func (s *Service) startChunkSpan(replyID string, index uint32, m *storev1.Messag
 	if err != nil || r.GetTraceparent() == "" {
 		return nil
 	}
-	prop := otel.GetTextMapPropagator()
-	parent := prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": r.GetTraceparent(), "tracestate": r.GetTracestate()})
-	call := trace.SpanContextFromContext(prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": m.GetTraceparent(), "tracestate": m.GetTracestate()}))
+	parent := remoteParent(r.GetTraceparent(), r.GetTracestate())
+	call := trace.SpanContextFromContext(remoteParent(m.GetTraceparent(), m.GetTracestate()))
 	opts := []trace.SpanStartOption{trace.WithAttributes(
 		attribute.String("herald.reply_id", replyID),
 		attribute.Int64("herald.chunk_index", int64(index)),
@@ -73,7 +72,7 @@ func (s *Service) startChunkSpan(replyID string, index uint32, m *storev1.Messag
 	}
 	ctx, span := s.tracer.Start(parent, "reply.chunk", opts...)
 	carrier := propagation.MapCarrier{}
-	prop.Inject(ctx, carrier)
+	otel.GetTextMapPropagator().Inject(ctx, carrier)
 	if tp := carrier.Get("traceparent"); tp != "" {
 		m.Traceparent, m.Tracestate = tp, carrier.Get("tracestate")
 	}
@@ -102,4 +101,30 @@ func resultName(r store.Result) string {
 		return "unknown"
 	}
 	return "unspecified"
+}
+
+// traceAccept records a tracker.Accept span in the message's trace: the
+// stream's own span belongs to no message.
+func (s *Service) traceAccept(m *storev1.Message, err error, start, end time.Time, batch int) {
+	parent := remoteParent(m.GetTraceparent(), m.GetTracestate())
+	if !trace.SpanContextFromContext(parent).IsSampled() {
+		return
+	}
+	_, span := s.tracer.Start(parent, "tracker.Accept", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start), trace.WithAttributes(
+		attribute.String("herald.message_id", m.GetId()),
+		attribute.String("herald.channel", m.GetChannel()),
+		attribute.String("herald.conversation", m.GetConversation()),
+		attribute.Int("herald.batch_size", batch),
+	))
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End(trace.WithTimestamp(end))
+}
+
+// remoteParent is the span context a stored W3C trace context names.
+func remoteParent(traceparent, tracestate string) context.Context {
+	return otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
+		"traceparent": traceparent, "tracestate": tracestate,
+	})
 }
