@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
@@ -53,6 +52,7 @@ type Config struct {
 // services on GRPC(), then call Serve once.
 type Server struct {
 	cfg    Config
+	log    *slog.Logger
 	lis    net.Listener
 	grpc   *grpc.Server
 	health *health.Server
@@ -92,30 +92,22 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	}
 
 	logger := cfg.Logger.With(slog.String("grpc_server", cfg.Name))
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(codeToLevel),
-	}
 	recOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		logger.ErrorContext(ctx, "panic in gRPC handler",
 			slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 		return status.Error(codes.Internal, "internal error")
 	})}
-	ilog := interceptorLogger(logger)
-
-	s := &Server{cfg: cfg, lis: lis}
+	s := &Server{cfg: cfg, lis: lis, log: logger}
 	base := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 		// Logging wraps recovery so that a recovered panic is logged as the
 		// Internal error it became.
 		grpc.ChainUnaryInterceptor(
-			s.countUnary,
-			logging.UnaryServerInterceptor(ilog, logOpts...),
+			s.unaryCall,
 			recovery.UnaryServerInterceptor(recOpts...),
 		),
 		grpc.ChainStreamInterceptor(
-			s.countStream,
-			logging.StreamServerInterceptor(ilog, logOpts...),
+			s.streamCall,
 			recovery.StreamServerInterceptor(recOpts...),
 		),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
@@ -142,18 +134,6 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	reflection.Register(gs)
 	s.health = hs
 	return s, nil
-}
-
-func (s *Server) countUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	s.unary.Add(1)
-	defer s.unary.Add(-1)
-	return handler(ctx, req)
-}
-
-func (s *Server) countStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	s.streams.Add(1)
-	defer s.streams.Add(-1)
-	return handler(srv, ss)
 }
 
 // GRPC returns the underlying server; register services on it before Serve.
@@ -242,24 +222,4 @@ func (s *Server) markStopped() {
 	defer s.mu.Unlock()
 	s.stopped = true
 	s.setServingLocked(false)
-}
-
-// codeToLevel keeps the log quiet at INFO: successful, cancelled and
-// not-found calls are DEBUG, server faults ERROR, the other errors WARN.
-func codeToLevel(c codes.Code) logging.Level {
-	switch c {
-	case codes.OK, codes.Canceled, codes.NotFound:
-		return logging.LevelDebug
-	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unimplemented:
-		return logging.LevelError
-	default:
-		return logging.LevelWarn
-	}
-}
-
-// interceptorLogger adapts slog to go-grpc-middleware's logging.Logger.
-func interceptorLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
 }

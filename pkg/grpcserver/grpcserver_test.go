@@ -3,6 +3,7 @@ package grpcserver_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -243,6 +244,41 @@ func TestPanicBecomesInternalAndIsLogged(t *testing.T) {
 	logs := r.logs.String()
 	if !strings.Contains(logs, `"level":"ERROR","msg":"panic in gRPC handler"`) || !strings.Contains(logs, "boom") {
 		t.Errorf("panic not logged at ERROR; logs:\n%s", logs)
+	}
+}
+
+func TestFinishedCallsAreLoggedByCode(t *testing.T) {
+	r := start(t, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A health check that succeeds is DEBUG: not written at INFO.
+	if _, err := healthpb.NewHealthClient(r.conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	// The recovered panic is a call that ended Internal: ERROR, with the
+	// fields operators filter on.
+	r.conn.Invoke(ctx, "/herald.test.Test/Panic", &emptypb.Empty{}, &emptypb.Empty{})
+	var finished []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(r.logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["msg"] == "finished call" {
+			finished = append(finished, m)
+		}
+	}
+	if len(finished) != 1 {
+		t.Fatalf("%d finished-call lines, want 1 (the failed call only); logs:\n%s", len(finished), r.logs.String())
+	}
+	got := finished[0]
+	for k, want := range map[string]any{"level": "ERROR", "grpc.service": "herald.test.Test", "grpc.method": "Panic", "grpc.method_type": "unary", "grpc.code": "Internal", "grpc.error": "rpc error: code = Internal desc = internal error"} {
+		if got[k] != want {
+			t.Errorf("%s = %v, want %v", k, got[k], want)
+		}
+	}
+	if _, ok := got["grpc.time_ms"].(float64); !ok {
+		t.Errorf("grpc.time_ms missing: %v", got)
 	}
 }
 
