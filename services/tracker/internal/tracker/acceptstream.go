@@ -38,51 +38,47 @@ func (s *Service) AcceptStream(stream trackerv1.TrackerService_AcceptStreamServe
 		mu.Unlock()
 		wg.Wait() // batches under way finish and answer first
 	}()
-	// The receiver starts each request's batch itself: one hand-off less
-	// between a request's arrival and its commit.
-	start := func(req *trackerv1.AcceptStreamRequest) bool {
+	// Whoever receives a request commits it: before it does, it starts the
+	// next receiver, so requests still overlap (their commits share
+	// fsyncs), and no hand-off stands between a request's arrival and its
+	// commit.
+	recvErr := make(chan error, 1)
+	var receive func()
+	receive = func() {
+		req, err := stream.Recv()
+		if err == nil {
+			if n := len(req.GetItems()); n > maxAcceptBatch {
+				err = status.Errorf(codes.InvalidArgument, "%d items in one request; send at most %d", n, maxAcceptBatch)
+			}
+		}
+		if err != nil {
+			recvErr <- err
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-stream.Context().Done():
+			recvErr <- stream.Context().Err()
+			return
+		}
+		defer func() { <-slots }()
 		mu.Lock()
-		defer mu.Unlock()
 		if closing {
-			return false
+			mu.Unlock()
+			return
 		}
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			resp := s.acceptBatch(req.GetItems())
-			sendMu.Lock()
-			defer sendMu.Unlock()
-			if sendErr == nil {
-				sendErr = stream.Send(resp)
-			}
-		}()
-		return true
-	}
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			if n := len(req.GetItems()); n > maxAcceptBatch {
-				recvErr <- status.Errorf(codes.InvalidArgument, "%d items in one request; send at most %d", n, maxAcceptBatch)
-				return
-			}
-			select {
-			case slots <- struct{}{}:
-			case <-stream.Context().Done():
-				recvErr <- stream.Context().Err()
-				return
-			}
-			if !start(req) {
-				<-slots
-				return
-			}
+		mu.Unlock()
+		defer wg.Done()
+		go receive()
+		resp := s.acceptBatch(req.GetItems())
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		if sendErr == nil {
+			sendErr = stream.Send(resp)
 		}
-	}()
+	}
+	go receive()
 	select {
 	case err := <-recvErr:
 		if errors.Is(err, io.EOF) {
