@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,6 +29,7 @@ type heraldEnv struct {
 	// commits and fsyncs are the tracker's counter names; empty when it
 	// has none.
 	commits, fsyncs string
+	log             *os.File
 	seq             atomic.Uint64
 }
 
@@ -38,16 +40,18 @@ var commitMetricNames = [][2]string{
 	{"herald_commits_total", "herald_wal_fsyncs_total"},
 }
 
-func startHerald(ctx context.Context, e *env) (*heraldEnv, error) {
-	log, err := e.logFile("herald")
+// startHerald starts the four services from bin, logging to the log file
+// name (also the data folder's name).
+func startHerald(ctx context.Context, e *env, bin, name string) (*heraldEnv, error) {
+	log, err := e.logFile(name)
 	if err != nil {
 		return nil, err
 	}
-	c, err := harness.New(e.cfg.bin, filepath.Join(e.tmp, "herald", "tracker"), log)
+	c, err := harness.New(bin, filepath.Join(e.tmp, name, "tracker"), log)
 	if err != nil {
 		return nil, err
 	}
-	h := &heraldEnv{e: e, c: c}
+	h := &heraldEnv{e: e, c: c, log: log}
 	// Warnings and errors only, to the log file; no trace export.
 	c.Env = []string{"HERALD_LOG_LEVEL=warn", "OTEL_EXPORTER_OTLP_ENDPOINT=", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="}
 	c.Args["tracker"] = []string{"--metrics-listen", c.MetricsAddr["tracker"]}
@@ -90,7 +94,7 @@ func (h *heraldEnv) close() {
 	for i := len(harness.Services) - 1; i >= 0; i-- {
 		if s := harness.Services[i]; h.c.Running(s) {
 			if err := h.c.Stop(s, 30*time.Second); err != nil {
-				fmt.Fprintf(h.e.logs["herald"], "stop %s: %v\n", s, err)
+				fmt.Fprintf(h.log, "stop %s: %v\n", s, err)
 			}
 		}
 	}
@@ -202,7 +206,7 @@ func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 		}
 		if time.Now().After(deadline) {
 			return sample{}, fmt.Errorf("%d of %d messages DELIVERED after %s (counts %v); see %s",
-				st.GetCounts()["DELIVERED"]-base, len(lat), h.e.cfg.drainTimeout, st.GetCounts(), h.e.logs["herald"].Name())
+				st.GetCounts()["DELIVERED"]-base, len(lat), h.e.cfg.drainTimeout, st.GetCounts(), h.log.Name())
 		}
 		if err := sleep(ctx, 20*time.Millisecond); err != nil {
 			return sample{}, err
@@ -228,7 +232,7 @@ func (h *heraldEnv) waitDrained(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("herald's backlog did not drain within %s (counts %v); see %s", h.e.cfg.drainTimeout, st.GetCounts(), h.e.logs["herald"].Name())
+			return fmt.Errorf("herald's backlog did not drain within %s (counts %v); see %s", h.e.cfg.drainTimeout, st.GetCounts(), h.log.Name())
 		}
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
 			return err

@@ -45,6 +45,7 @@ var allGroups = []string{"pebble", "store", "skeleton", "rabbitmq", "nats", "her
 
 type config struct {
 	bin, tools, dir string
+	baseline        string
 	rounds          int
 	dur, probe      time.Duration
 	warmup          time.Duration
@@ -86,6 +87,7 @@ func parse(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("herald-peers", flag.ContinueOnError)
 	fs.StringVar(&c.bin, "bin", "bin", "folder with herald's binaries and herald-storebench (make build)")
+	fs.StringVar(&c.baseline, "baseline", "", "folder with another build of herald's binaries (e.g. a copy of bin from an earlier commit): measured as a second herald in the same rounds, with herald ÷ baseline ratios")
 	fs.StringVar(&c.tools, "tools", "bin/tools", "folder nats-server is installed into")
 	fs.StringVar(&c.dir, "dir", "", "parent of the temporary data folders: put it on the disk to measure (default: the system's temporary folder)")
 	fs.IntVar(&c.rounds, "rounds", 5, "measured rounds; each runs every subject once")
@@ -154,6 +156,12 @@ func parse(args []string) (config, error) {
 	if c.tools, err = filepath.Abs(c.tools); err != nil {
 		return c, err
 	}
+	if c.baseline != "" {
+		if c.baseline, err = filepath.Abs(c.baseline); err != nil {
+			return c, err
+		}
+		c.only["baseline"] = c.only["herald"]
+	}
 	return c, nil
 }
 
@@ -207,6 +215,13 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (err error) 
 	for _, b := range []string{"herald-gateway", "herald-tracker", "herald-queue", "herald-plugins", "herald-storebench"} {
 		if _, err := os.Stat(filepath.Join(cfg.bin, b)); err != nil {
 			return fmt.Errorf("%s: %w (make bench-peers builds it)", b, err)
+		}
+	}
+	if cfg.baseline != "" {
+		for _, b := range []string{"herald-gateway", "herald-tracker", "herald-queue", "herald-plugins"} {
+			if _, err := os.Stat(filepath.Join(cfg.baseline, b)); err != nil {
+				return fmt.Errorf("-baseline: %w (copy a build's bin folder there)", err)
+			}
 		}
 	}
 
@@ -358,24 +373,30 @@ func startSubjects(ctx context.Context, e *env, natsBin string, installErr map[s
 				ns.endToEnd,
 			}, closer, nil
 		})
-	group("herald", []string{"send1", "send64", "heraldE2E"},
-		[]string{"herald Send @1", "herald Send @64", fmt.Sprintf("herald end to end (%d senders)", cfg.heraldSenders)},
-		func() ([]measure, func(), error) {
-			fmt.Fprintln(log, "starting herald (tracker, plugins, queue, gateway)")
-			h, err := startHerald(ctx, e)
-			closer := func() {}
-			if h != nil {
-				closer = h.close
-			}
-			if err != nil {
-				return nil, closer, err
-			}
-			e.servers = append(e.servers, h.pids)
-			return []measure{
-				func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 1, d) },
-				func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 64, d) },
-				h.endToEnd,
-			}, closer, nil
-		})
+	heraldGroup := func(name, bin, label, prefix string) {
+		group(name, []string{prefix + "send1", prefix + "send64", prefix + "heraldE2E"},
+			[]string{label + " Send @1", label + " Send @64", fmt.Sprintf("%s end to end (%d senders)", label, cfg.heraldSenders)},
+			func() ([]measure, func(), error) {
+				fmt.Fprintf(log, "starting %s (tracker, plugins, queue, gateway)\n", label)
+				h, err := startHerald(ctx, e, bin, name)
+				closer := func() {}
+				if h != nil {
+					closer = h.close
+				}
+				if err != nil {
+					return nil, closer, err
+				}
+				e.servers = append(e.servers, h.pids)
+				return []measure{
+					func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 1, d) },
+					func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 64, d) },
+					h.endToEnd,
+				}, closer, nil
+			})
+	}
+	heraldGroup("herald", cfg.bin, "herald", "")
+	if cfg.baseline != "" {
+		heraldGroup("baseline", cfg.baseline, "baseline herald", "base-")
+	}
 	return subs, closeAll
 }

@@ -210,6 +210,44 @@ herald Send: %s.
 		}
 		fmt.Fprintf(w, "%s  %.2f (rounds: %s)\n", verdict, m, strings.Join(per, " "))
 	}
+	compareBaseline(w, subjects, kept)
+}
+
+// compareBaseline prints herald ÷ the baseline build, each the median of
+// per-round ratios: both ran in the same rounds, so a slow phase of the
+// machine touches both.
+func compareBaseline(w io.Writer, subjects []subject, kept []round) {
+	if !measured(subjects, "base-send1") {
+		return
+	}
+	ratio := func(a, b string, f func(sample) float64) string {
+		var vals []float64
+		for _, rd := range kept {
+			x, okx := rd.samples[a]
+			y, oky := rd.samples[b]
+			if okx && oky && f(y) > 0 {
+				vals = append(vals, f(x)/f(y))
+			}
+		}
+		if len(vals) == 0 {
+			return "-"
+		}
+		per := make([]string, len(vals))
+		for i, v := range vals {
+			per[i] = strconv.FormatFloat(v, 'f', 2, 64)
+		}
+		return fmt.Sprintf("%.2f (rounds: %s)", median(vals), strings.Join(per, " "))
+	}
+	p50 := func(s sample) float64 { return float64(s.p50) }
+	rate := func(s sample) float64 { return s.rate() }
+	cpu := func(s sample) float64 { return float64(s.cpuPerMsg()) }
+	fmt.Fprintf(w, "\nherald ÷ baseline herald (median of per-round ratios):\n")
+	fmt.Fprintf(w, "  %-34s %s\n", "Send@1 p50", ratio("send1", "base-send1", p50))
+	fmt.Fprintf(w, "  %-34s %s\n", "Send@1 CPU/msg", ratio("send1", "base-send1", cpu))
+	fmt.Fprintf(w, "  %-34s %s\n", "Send@64 throughput", ratio("send64", "base-send64", rate))
+	fmt.Fprintf(w, "  %-34s %s\n", "Send@64 CPU/msg", ratio("send64", "base-send64", cpu))
+	fmt.Fprintf(w, "  %-34s %s\n", "end-to-end throughput", ratio("heraldE2E", "base-heraldE2E", rate))
+	fmt.Fprintf(w, "  %-34s %s\n", "end-to-end CPU/msg", ratio("heraldE2E", "base-heraldE2E", cpu))
 }
 
 func measured(subjects []subject, key string) bool {

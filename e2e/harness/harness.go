@@ -129,9 +129,9 @@ func (c *Cluster) StartAll() error {
 
 // Start starts one service and waits until it accepts connections.
 func (c *Cluster) Start(name string) error {
-	// Any free port for metrics: the fixed defaults would collide between
-	// clusters. Args may override it.
-	args := []string{"--listen", c.Addr[name], "--metrics-listen", "127.0.0.1:0"}
+	// A free port for metrics (MetricsAddr): the fixed defaults would
+	// collide between clusters. Args may override it.
+	args := []string{"--listen", c.Addr[name], "--metrics-listen", c.MetricsAddr[name]}
 	switch name {
 	case "tracker":
 		args = append(args, "--data-dir", c.DataDir)

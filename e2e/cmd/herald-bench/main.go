@@ -12,6 +12,8 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +34,7 @@ func main() {
 	dur := flag.Duration("duration", 3*time.Second, "measuring time per subject")
 	dir := flag.String("dir", "", "folder on the disk to measure (default: a temporary folder)")
 	noQueue := flag.Bool("no-queue", false, "run without the queue: measures Send alone (no delivery)")
+	flag.StringVar(&profileDir, "profile", "", "write each service's CPU profile of each herald subject into this folder (from /debug/pprof on its metrics port)")
 	flag.Parse()
 	if err := run(*bin, *dir, *dur, *noQueue); err != nil {
 		fmt.Fprintf(os.Stderr, "herald-bench: %v\n", err)
@@ -98,7 +101,9 @@ func run(bin, dir string, dur time.Duration, noQueue bool) error {
 
 	var total int
 	for _, n := range []int{1, 64} {
+		stop := profile(c, fmt.Sprintf("send%d", n), dur)
 		r, err := sends(gw, n, dur, text)
+		stop()
 		if err != nil {
 			return err
 		}
@@ -108,7 +113,9 @@ func run(bin, dir string, dur time.Duration, noQueue bool) error {
 	// Delivered throughput: from the first Send of the last round until every
 	// message is DELIVERED (the mock adapter answers at once).
 	if !noQueue {
+		stop := profile(c, "e2e", 10*time.Second)
 		r, err := drain(gw, total)
+		stop()
 		if err != nil {
 			return err
 		}
@@ -168,6 +175,42 @@ func sends(gw gatewayv1.GatewayServiceClient, clients int, dur time.Duration, te
 		return result{}, fmt.Errorf("%d Sends failed at %d clients", f, clients)
 	}
 	return summarize(fmt.Sprintf("herald Send @%d", clients), lat, dur), nil
+}
+
+// profileDir, when set, receives CPU profiles: <subject>-<service>.pprof.
+var profileDir string
+
+// profile starts a CPU profile of every running service for at most
+// seconds; the returned function waits for them and writes them out.
+func profile(c *harness.Cluster, subject string, d time.Duration) (wait func()) {
+	if profileDir == "" {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	for _, svc := range harness.Services {
+		if !c.Running(svc) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.MetricsAddr[svc], int(d.Seconds()))
+			resp, err := http.Get(url)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "herald-bench: profile of %s: %v\n", svc, err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(profileDir, subject+"-"+svc+".pprof"))
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "herald-bench: %v\n", err)
+				return
+			}
+			defer f.Close()
+			io.Copy(f, resp.Body)
+		}()
+	}
+	return wg.Wait
 }
 
 // run1 runs fn from n goroutines for dur and returns every call's latency.
