@@ -29,14 +29,41 @@ const maxOutstanding = 4
 // call, under heavy load many, and the per-call cost of the internal hop
 // (a unary call's HTTP/2 stream, its spans and interceptors) is shared. A
 // tracker without AcceptStream gets unary Accept calls instead.
+//
+// There is no sending goroutine: the caller that finds the stream free
+// sends the waiting calls itself, and the goroutine that receives an
+// answer sends what gathered meanwhile, so a lone Send reaches the wire
+// without a hand-off to another goroutine.
 type accepter struct {
 	tracker trackerv1.TrackerServiceClient
 	log     *slog.Logger
-	calls   chan *acceptCall
-	unary   atomic.Bool
+	unary   atomic.Bool // the tracker has no AcceptStream
 	stop    context.CancelFunc
 	stopped chan struct{}
+
+	mu          sync.Mutex
+	state       streamState
+	queue       []*acceptCall // waiting to be sent
+	stream      trackerv1.TrackerService_AcceptStreamClient
+	pending     map[uint64]*acceptCall // sent, not yet answered
+	next        uint64
+	outstanding int  // requests sent, not yet answered
+	sending     bool // a goroutine is in stream.Send
 }
+
+type streamState int
+
+const (
+	// connecting: calls wait in the queue for the stream to open.
+	connecting streamState = iota
+	// open: calls are sent.
+	open
+	// down: the tracker is unreachable; calls fail at once until the next
+	// try to open the stream.
+	down
+	// closed: the gateway is stopping.
+	closed
+)
 
 type acceptCall struct {
 	ctx  context.Context
@@ -51,7 +78,7 @@ type acceptAnswer struct {
 
 func newAccepter(tracker trackerv1.TrackerServiceClient, log *slog.Logger) *accepter {
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &accepter{tracker: tracker, log: log, calls: make(chan *acceptCall, 4*maxBatch), stop: cancel, stopped: make(chan struct{})}
+	a := &accepter{tracker: tracker, log: log, stop: cancel, stopped: make(chan struct{})}
 	go a.run(ctx)
 	return a
 }
@@ -68,13 +95,22 @@ func (a *accepter) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*t
 		return a.tracker.Accept(ctx, req)
 	}
 	c := &acceptCall{ctx: ctx, req: req, done: make(chan acceptAnswer, 1)}
-	select {
-	case a.calls <- c:
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
-	case <-a.stopped:
+	a.mu.Lock()
+	if a.unary.Load() { // set under a.mu when the stream turned out unimplemented
+		a.mu.Unlock()
+		return a.tracker.Accept(ctx, req)
+	}
+	switch a.state {
+	case down:
+		a.mu.Unlock()
+		return nil, status.Error(codes.Unavailable, "the tracker is unreachable; nothing was written: retry")
+	case closed:
+		a.mu.Unlock()
 		return nil, status.Error(codes.Unavailable, "gateway is stopping; nothing was written")
 	}
+	a.queue = append(a.queue, c)
+	a.sendLocked()
+	a.mu.Unlock()
 	select {
 	case ans := <-c.done:
 		return ans.resp, ans.err
@@ -83,14 +119,62 @@ func (a *accepter) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*t
 	}
 }
 
+// sendLocked sends the waiting calls while the stream is open, no other
+// goroutine is sending and fewer than maxOutstanding requests await their
+// answers. a.mu is held on entry and on return; it is released around
+// stream.Send.
+func (a *accepter) sendLocked() {
+	for a.state == open && !a.sending && a.outstanding < maxOutstanding && len(a.queue) > 0 {
+		n := min(len(a.queue), maxBatch)
+		req := &trackerv1.AcceptStreamRequest{Items: make([]*trackerv1.AcceptItem, 0, n)}
+		for _, c := range a.queue[:n] {
+			if err := c.ctx.Err(); err != nil {
+				c.done <- acceptAnswer{err: status.FromContextError(err).Err()}
+				continue
+			}
+			a.next++
+			a.pending[a.next] = c
+			req.Items = append(req.Items, &trackerv1.AcceptItem{RequestId: a.next, Request: c.req})
+		}
+		clear(a.queue[:n])
+		a.queue = a.queue[n:]
+		if len(a.queue) == 0 {
+			a.queue = nil
+		}
+		if len(req.Items) == 0 {
+			continue
+		}
+		a.outstanding++
+		a.sending = true
+		stream := a.stream
+		a.mu.Unlock()
+		err := stream.Send(req)
+		a.mu.Lock()
+		a.sending = false
+		if err != nil && a.stream == stream {
+			// Send reports io.EOF; the stream's status comes from Recv,
+			// which answers the calls. (If a new stream opened meanwhile,
+			// the loop goes on with it.)
+			return
+		}
+	}
+}
+
 func (a *accepter) run(ctx context.Context) {
-	defer close(a.stopped)
+	defer func() {
+		a.mu.Lock()
+		a.state = closed
+		a.failQueuedLocked(status.Error(codes.Unavailable, "gateway is stopping; nothing was written"))
+		a.mu.Unlock()
+		close(a.stopped)
+	}()
 	backoff := 10 * time.Millisecond
 	for ctx.Err() == nil {
+		a.setState(connecting)
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := a.tracker.AcceptStream(sctx)
 		if err == nil {
-			if a.serve(sctx, stream) {
+			if a.serve(ctx, stream) {
 				backoff = 10 * time.Millisecond
 			}
 		} else {
@@ -98,43 +182,34 @@ func (a *accepter) run(ctx context.Context) {
 		}
 		cancel()
 		if a.unary.Load() {
-			a.forwardUnary(ctx)
 			return
 		}
 		// Sends that arrive while the tracker is unreachable fail at once,
 		// as a unary call would, until the next try.
-		timer := time.NewTimer(backoff)
-		a.refuse(ctx, timer.C)
-		timer.Stop()
+		a.mu.Lock()
+		a.state = down
+		a.failQueuedLocked(status.Error(codes.Unavailable, "the tracker is unreachable; nothing was written: retry"))
+		a.mu.Unlock()
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
 		backoff = min(2*backoff, time.Second)
 	}
 }
 
-// refuse answers waiting calls UNAVAILABLE until until fires.
-func (a *accepter) refuse(ctx context.Context, until <-chan time.Time) {
-	for {
-		select {
-		case c := <-a.calls:
-			c.done <- acceptAnswer{err: status.Error(codes.Unavailable, "the tracker is unreachable; nothing was written: retry")}
-		case <-until:
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
+func (a *accepter) setState(s streamState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.state = s
 }
 
-// forwardUnary hands calls that were queued before the switch to unary
-// Accept.
-func (a *accepter) forwardUnary(ctx context.Context) {
-	for {
-		select {
-		case c := <-a.calls:
-			go a.unaryCall(c)
-		case <-ctx.Done():
-			return
-		}
+// failQueuedLocked answers the calls that were never sent.
+func (a *accepter) failQueuedLocked(err error) {
+	for _, c := range a.queue {
+		c.done <- acceptAnswer{err: err}
 	}
+	a.queue = nil
 }
 
 func (a *accepter) unaryCall(c *acceptCall) {
@@ -142,116 +217,68 @@ func (a *accepter) unaryCall(c *acceptCall) {
 	c.done <- acceptAnswer{resp, err}
 }
 
-// serve sends batches on stream until it breaks; it reports whether any
-// answer came back.
+// serve opens the stream to calls and hands out its answers until it
+// breaks; it reports whether any answer came back.
 func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_AcceptStreamClient) (answered bool) {
-	var (
-		mu      sync.Mutex
-		pending = map[uint64]*acceptCall{}
-		next    uint64
-	)
-	recvErr := make(chan error, 1)
-	var got atomic.Bool
-	slots := make(chan struct{}, maxOutstanding)
-	go func() {
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			got.Store(true)
-			<-slots // the tracker answers each request once
-			mu.Lock()
-			for _, r := range resp.GetResults() {
-				c := pending[r.GetRequestId()]
-				delete(pending, r.GetRequestId())
-				if c == nil {
-					continue
-				}
-				if r.GetResponse() != nil {
-					c.done <- acceptAnswer{resp: r.GetResponse()}
-				} else {
-					c.done <- acceptAnswer{err: status.Error(codes.Code(r.GetCode()), r.GetError())}
-				}
-			}
-			mu.Unlock()
-		}
-	}()
-	broken := func(err error) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if status.Code(err) == codes.Unimplemented {
-			// An older tracker: nothing was accepted on this stream.
-			a.unary.Store(true)
-			a.log.Info("the tracker has no AcceptStream; using unary Accept")
-			for _, c := range pending {
-				go a.unaryCall(c)
-			}
-			return got.Load()
-		}
-		switch {
-		case ctx.Err() != nil:
-		case len(pending) == 0:
-			// Nothing lost: a restart or a stop of the tracker.
-			a.log.Info("the accept stream to the tracker ended; reopening it", "err", err)
-		default:
-			a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_001", "unanswered", len(pending), "err", err)
-		}
-		for _, c := range pending {
-			c.done <- acceptAnswer{err: &streamBrokenError{cause: err}}
-		}
-		return got.Load()
-	}
+	a.mu.Lock()
+	a.state, a.stream, a.pending, a.outstanding = open, stream, map[uint64]*acceptCall{}, 0
+	a.sendLocked()
+	a.mu.Unlock()
 	for {
-		// Wait for a free slot first: the calls that arrive meanwhile
-		// make the next request.
-		select {
-		case slots <- struct{}{}:
-		case err := <-recvErr:
-			return broken(err)
-		case <-ctx.Done():
-			stream.CloseSend()
-			return broken(<-recvErr)
+		resp, err := stream.Recv()
+		if err != nil {
+			a.broken(ctx, err)
+			return answered
 		}
-		var first *acceptCall
-		select {
-		case first = <-a.calls:
-		case err := <-recvErr:
-			return broken(err)
-		case <-ctx.Done():
-			stream.CloseSend()
-			return broken(<-recvErr)
-		}
-		batch := []*acceptCall{first}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case c := <-a.calls:
-				batch = append(batch, c)
-			default:
-				break fill
-			}
-		}
-		req := &trackerv1.AcceptStreamRequest{Items: make([]*trackerv1.AcceptItem, 0, len(batch))}
-		mu.Lock()
-		for _, c := range batch {
-			if err := c.ctx.Err(); err != nil {
-				c.done <- acceptAnswer{err: status.FromContextError(err).Err()}
+		answered = true
+		a.mu.Lock()
+		a.outstanding-- // the tracker answers each request once
+		for _, r := range resp.GetResults() {
+			c := a.pending[r.GetRequestId()]
+			delete(a.pending, r.GetRequestId())
+			if c == nil {
 				continue
 			}
-			next++
-			pending[next] = c
-			req.Items = append(req.Items, &trackerv1.AcceptItem{RequestId: next, Request: c.req})
+			if r.GetResponse() != nil {
+				c.done <- acceptAnswer{resp: r.GetResponse()}
+			} else {
+				c.done <- acceptAnswer{err: status.Error(codes.Code(r.GetCode()), r.GetError())}
+			}
 		}
-		mu.Unlock()
-		if len(req.Items) == 0 {
-			<-slots
-			continue
+		// What gathered while the stream was full goes now.
+		a.sendLocked()
+		a.mu.Unlock()
+	}
+}
+
+// broken answers the calls of a stream that ended with err.
+func (a *accepter) broken(ctx context.Context, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	pending := a.pending
+	a.state, a.stream, a.pending = connecting, nil, nil
+	if status.Code(err) == codes.Unimplemented {
+		// An older tracker: nothing was accepted on this stream.
+		a.unary.Store(true)
+		a.log.Info("the tracker has no AcceptStream; using unary Accept")
+		for _, c := range pending {
+			go a.unaryCall(c)
 		}
-		if err := stream.Send(req); err != nil {
-			// Send reports io.EOF; the stream's status comes from Recv.
-			return broken(<-recvErr)
+		for _, c := range a.queue {
+			go a.unaryCall(c)
 		}
+		a.queue = nil
+		return
+	}
+	switch {
+	case ctx.Err() != nil:
+	case len(pending) == 0:
+		// Nothing lost: a restart or a stop of the tracker.
+		a.log.Info("the accept stream to the tracker ended; reopening it", "err", err)
+	default:
+		a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_001", "unanswered", len(pending), "err", err)
+	}
+	for _, c := range pending {
+		c.done <- acceptAnswer{err: &streamBrokenError{cause: err}}
 	}
 }
