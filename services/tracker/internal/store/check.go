@@ -1,10 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/sstable"
@@ -25,6 +28,13 @@ func (s *Store) Check() Report {
 	defer done()
 	r := c.r
 
+	type pending struct {
+		key, value []byte
+		kind       byte
+		at         int64
+		id         string
+	}
+	var entries []pending
 	indexed := map[string]bool{}
 	c.scan(prefixRecovery, func(k, v []byte) {
 		r.RecoveryEntries++
@@ -35,30 +45,44 @@ func (s *Store) Check() Report {
 		}
 		if indexed[id] {
 			c.problem("message %s is in the recovery index more than once", id)
+			return
 		}
 		indexed[id] = true
+		entries = append(entries, pending{key: bytes.Clone(k), value: bytes.Clone(v), kind: kind, at: at, id: id})
+	})
+	// The records are read in id order with seeks, not point lookups: a
+	// lookup consults each level's bloom filter, and with a long history
+	// those filter blocks (large, one per table) would fill the block
+	// cache at every start. Pending messages are mostly recent, so their
+	// ids (ULIDs) are near each other and the seeks read a few blocks.
+	slices.SortFunc(entries, func(a, b pending) int { return strings.Compare(a.id, b.id) })
+	deliveries := c.seeker(prefixDelivery)
+	defer deliveries.close()
+	messages := c.seeker(prefixMessage)
+	defer messages.close()
+	for _, e := range entries {
 		d := &storev1.Delivery{}
-		if ok, err := c.get(deliveryKey(id), d); err != nil || !ok {
-			c.problem("recovery entry %x points to message %s, whose delivery record cannot be read (found=%v): %v", k, id, ok, err)
-			return
+		if ok, err := deliveries.get(deliveryKey(e.id), d); err != nil || !ok {
+			c.problem("recovery entry %x points to message %s, whose delivery record cannot be read (found=%v): %v", e.key, e.id, ok, err)
+			continue
 		}
 		wantKind, wantAt, ok := indexPlace(d)
 		switch {
 		case !ok:
-			c.problem("recovery entry for %s, which is terminal (%s)", id, d.GetState())
-		case wantKind != kind || wantAt != at:
-			c.problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", id, kind, at, d.GetState(), wantKind, wantAt)
+			c.problem("recovery entry for %s, which is terminal (%s)", e.id, d.GetState())
+		case wantKind != e.kind || wantAt != e.at:
+			c.problem("recovery entry for %s has kind %d at %d; its state %s wants kind %d at %d", e.id, e.kind, e.at, d.GetState(), wantKind, wantAt)
 		}
 		m := &storev1.Message{}
-		if ok, err := c.get(messageKey(id), m); err != nil || !ok {
-			c.problem("recovery entry for %s: message record cannot be read (found=%v): %v", id, ok, err)
-			return
+		if ok, err := messages.get(messageKey(e.id), m); err != nil || !ok {
+			c.problem("recovery entry for %s: message record cannot be read (found=%v): %v", e.id, ok, err)
+			continue
 		}
-		ch, tenant, conv, err := parseRecoveryValue(v)
+		ch, tenant, conv, err := parseRecoveryValue(e.value)
 		if err != nil || ch != m.GetChannel() || tenant != m.GetTenant() || conv != m.GetConversation() {
-			c.problem("recovery entry for %s carries %q, want its channel, tenant and conversation", id, v)
+			c.problem("recovery entry for %s carries %q, want its channel, tenant and conversation", e.id, e.value)
 		}
-	})
+	}
 
 	active := 0
 	c.scan(prefixConvActive, func(k, v []byte) {

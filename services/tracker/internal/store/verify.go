@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -74,6 +75,42 @@ func (c *checker) scan(prefix byte, fn func(k, v []byte)) {
 }
 
 func (c *checker) get(key []byte, m proto.Message) (bool, error) { return readProto(c.snap, key, m) }
+
+// seeker reads records of one family by key with an iterator: for keys
+// asked in increasing order, a seek reads index and data blocks only,
+// where a point lookup would also load each level's bloom filter.
+type seeker struct {
+	it  *pebble.Iterator
+	err error
+}
+
+func (c *checker) seeker(prefix byte) *seeker {
+	it, err := c.snap.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	return &seeker{it: it, err: err}
+}
+
+func (s *seeker) get(key []byte, m proto.Message) (bool, error) {
+	if s.err != nil {
+		return false, s.err
+	}
+	if !s.it.SeekGE(key) || !bytes.Equal(s.it.Key(), key) {
+		return false, s.it.Error()
+	}
+	v, err := s.it.ValueAndErr()
+	if err != nil {
+		return false, err
+	}
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("decode %x: %w", key, err)
+	}
+	return true, nil
+}
+
+func (s *seeker) close() {
+	if s.it != nil {
+		s.it.Close()
+	}
+}
 
 // maxProblems bounds the report so a badly damaged store still answers.
 const maxProblems = 1000
