@@ -121,6 +121,17 @@ func TestMetricsCountKnownTraffic(t *testing.T) {
 	if f := tr["herald_wal_fsyncs_total"]; f < 1 || f > commits+1 {
 		t.Errorf("herald_wal_fsyncs_total = %v, want between 1 and commits+1 (%v)", f, commits+1)
 	}
+	// The store's memory: the messages were written into a memtable (at
+	// least their bytes), and the block cache stays within its 64 MiB.
+	if m := tr[`herald_store_memory_bytes{use="memtables"}`]; m < 1024 {
+		t.Errorf("herald_store_memory_bytes{use=memtables} = %v, want the memtable's size", m)
+	}
+	if c, ok := tr[`herald_store_memory_bytes{use="block_cache"}`]; !ok || c < 0 || c > 64<<20 {
+		t.Errorf("herald_store_memory_bytes{use=block_cache} = %v (present %v), want 0 to 64 MiB", c, ok)
+	}
+	if n, ok := tr["herald_store_open_tables"]; !ok || n < 0 {
+		t.Errorf("herald_store_open_tables = %v (present %v)", n, ok)
+	}
 }
 
 // waitTerminal polls the message until it is DELIVERED or FAILED.

@@ -30,6 +30,7 @@ type Metrics struct {
 	store         atomic.Pointer[store.Store]
 
 	messages, recovery, oldestPending, walFsyncs *prometheus.Desc
+	storeMemory, openTables                      *prometheus.Desc
 }
 
 // NewMetrics creates the tracker's metrics and registers them on reg; a nil
@@ -58,6 +59,10 @@ func NewMetrics(reg prometheus.Registerer, now func() time.Time) (*Metrics, erro
 			"How long the most overdue PENDING message (head of its conversation) has been due; 0 when none is due.", nil, nil),
 		walFsyncs: prometheus.NewDesc("herald_wal_fsyncs_total",
 			"Pebble WAL fsyncs since the store was opened; group commit lets one serve many commits.", nil, nil),
+		storeMemory: prometheus.NewDesc("herald_store_memory_bytes",
+			"Memory the store's Pebble instance holds, by use: block_cache (table blocks read, at most 64 MiB), memtables (writes not yet flushed).", []string{"use"}, nil),
+		openTables: prometheus.NewDesc("herald_store_open_tables",
+			"Table files Pebble holds open (its file cache).", nil, nil),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.commitSeconds, m.commits, storeCollector{m}} {
@@ -87,6 +92,8 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.m.recovery
 	ch <- c.m.oldestPending
 	ch <- c.m.walFsyncs
+	ch <- c.m.storeMemory
+	ch <- c.m.openTables
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -113,4 +120,8 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.m.oldestPending, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(c.m.walFsyncs, prometheus.CounterValue, float64(st.WALFsyncs()))
+	pm := st.Metrics()
+	ch <- prometheus.MustNewConstMetric(c.m.storeMemory, prometheus.GaugeValue, float64(pm.BlockCache.Size), "block_cache")
+	ch <- prometheus.MustNewConstMetric(c.m.storeMemory, prometheus.GaugeValue, float64(pm.MemTable.Size), "memtables")
+	ch <- prometheus.MustNewConstMetric(c.m.openTables, prometheus.GaugeValue, float64(pm.FileCache.TableCount))
 }
