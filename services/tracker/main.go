@@ -165,7 +165,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("the store in %s failed its consistency check (%d problems, see the log); nothing was changed: run 'herald-tracker verify --data-dir %s' and restore from a backup if needed",
 			c.dataDir, len(report.Problems), c.dataDir)
 	}
-	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries, "check", time.Since(checkStart).Round(time.Microsecond))
+	log.Info("store opened", "data_dir", c.dataDir, "messages", report.Messages, "recovery_index", report.RecoveryEntries, "recovery_dead", st.RecoveryDead(), "check", time.Since(checkStart).Round(time.Microsecond))
 
 	// Started after the store opened, so it stops before the store closes.
 	metrics.Watch(st)
@@ -217,8 +217,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}()
 	scrubCtx, stopScrub := context.WithCancel(ctx)
 	defer stopScrub()
-	if c.scrub {
-		go func() {
+	go func() {
+		start := time.Now()
+		dead := st.RecoveryDead()
+		switch tidied, err := st.TidyRecoveryIndex(scrubCtx, tidyMinDead); {
+		case err != nil && scrubCtx.Err() == nil:
+			log.Warn("could not compact the recovery index; the next start scans its dead entries again", "dead_entries", dead, "err", err)
+		case tidied:
+			log.Info("recovery index compacted: the next start scans only pending entries", "dead_entries", dead, "took", time.Since(start).Round(time.Millisecond))
+		}
+		if !c.scrub {
+			return
+		}
+		{
 			start := time.Now()
 			n, err := st.Scrub(scrubCtx, c.scrubPause)
 			switch {
@@ -232,8 +243,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			case scrubCtx.Err() == nil:
 				log.Error("store scrub failed", "error_code", "TRK_002", "tables_verified", n, "err", err)
 			}
-		}()
-	}
+		}
+	}()
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -260,6 +271,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 }
 
 // damagedError tells the operator which files are damaged and what to do.
+// tidyMinDead is how many dead recovery-index entries (finished messages
+// whose entries and single deletes await a compaction) a start may step
+// over before the tracker compacts the index's range (when they also
+// outnumber the live entries).
+const tidyMinDead = 10_000
+
 func damagedError(c config, files []string) error {
 	return fmt.Errorf("the store in %s is damaged: %s failed checksum verification; the tracker refuses to serve it and deleted nothing: stop it and restore the data directory from a backup (herald backup writes them into %s; see README, Backups)",
 		c.dataDir, strings.Join(files, ", "), c.backupDir)

@@ -70,6 +70,70 @@ func TestHistoryLeavesNoTombstonesInRecoveryIndex(t *testing.T) {
 	}
 }
 
+// TestTidyRecoveryIndexRemovesDeadEntries: a backlog delivered after its
+// entries were flushed leaves set/single-delete pairs in different tables;
+// every start then steps over them until a compaction brings each pair
+// together. Open counts them and TidyRecoveryIndex compacts them away, so
+// the next start scans only the pending entries.
+func TestTidyRecoveryIndexRemovesDeadEntries(t *testing.T) {
+	fs := vfs.NewMem()
+	c := newClock()
+	// Tables stay as flushed, as they do between the compactions of a
+	// store that takes writes faster than it compacts.
+	open := func() *Store {
+		s, err := Open("db", Options{FS: fs, Now: c.Now, CacheSize: 8 << 20, noAutoCompactions: true})
+		if err != nil {
+			t.Fatalf("open: %v", err)
+		}
+		return s
+	}
+	s := open()
+	const n = 300
+	for i := range n {
+		mustAccept(t, s, newMessage(fmt.Sprintf("backlog-%d", i)))
+	}
+	pending := mustAccept(t, s, newMessage("still-pending")).Message.Id
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	delivered := 0
+	for delivered < n {
+		ls := leaseIDs(t, s, 100)
+		for _, l := range ls {
+			if l.Message.Id == pending {
+				continue
+			}
+			deliver(t, s, l)
+			delivered++
+		}
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open()
+	if dead := s.RecoveryDead(); dead < n {
+		t.Fatalf("RecoveryDead = %d after delivering a flushed backlog of %d, want at least %d", dead, n, n)
+	}
+	if tidied, err := s.TidyRecoveryIndex(context.Background(), 1000); err != nil || tidied {
+		t.Fatalf("TidyRecoveryIndex below its threshold = %v, %v; want no compaction", tidied, err)
+	}
+	if tidied, err := s.TidyRecoveryIndex(context.Background(), 10); err != nil || !tidied {
+		t.Fatalf("TidyRecoveryIndex = %v, %v; want a compaction", tidied, err)
+	}
+	s.Close()
+
+	s = open()
+	defer s.Close()
+	if dead := s.RecoveryDead(); dead != 0 {
+		t.Errorf("RecoveryDead = %d after the compaction, want 0", dead)
+	}
+	if r := s.Check(); len(r.Problems) > 0 || r.RecoveryEntries != 1 {
+		t.Fatalf("check: %d entries (want 1: the message still pending), problems %v", r.RecoveryEntries, r.Problems)
+	}
+}
+
 // TestCheckFindsWhatVerifyFinds: the startup check catches an index entry
 // lost, a stray one, and counters that disagree with the index.
 func TestCheckFindsWhatVerifyFinds(t *testing.T) {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
@@ -200,6 +201,34 @@ func (s *Store) loadIndex() error {
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("load recovery index: %w", err)
 	}
+	// Entries the scan stepped over without returning them: finished
+	// messages' entries and their single deletes that no compaction has
+	// brought together yet (a backlog delivered across memtable flushes
+	// leaves them). TidyRecoveryIndex compacts them away.
+	st := it.Stats()
+	s.recoveryDead.Store(int64(st.ForwardStepCount[pebble.InternalIterCall] - st.ForwardStepCount[pebble.InterfaceCall]))
 	s.index.apply(changes)
 	return nil
+}
+
+// RecoveryDead is how many dead entries the recovery-index scan at Open
+// stepped over.
+func (s *Store) RecoveryDead() int64 { return s.recoveryDead.Load() }
+
+// TidyRecoveryIndex compacts the recovery index's key range when the scan
+// at Open stepped over more dead entries than live ones (and at least
+// minDead): each start scans the whole range, so its cost should follow
+// the pending messages, not how many finished ones await a compaction.
+// It reports whether it compacted. Pebble compacts the range in the
+// background of serving; reads and commits go on meanwhile.
+func (s *Store) TidyRecoveryIndex(ctx context.Context, minDead int64) (bool, error) {
+	dead := s.recoveryDead.Load()
+	if dead < minDead || dead <= int64(s.index.size()) {
+		return false, nil
+	}
+	if err := s.db.Compact(ctx, []byte{prefixRecovery}, []byte{prefixRecovery + 1}, false); err != nil {
+		return false, fmt.Errorf("compact the recovery index: %w", err)
+	}
+	s.recoveryDead.Store(0)
+	return true, nil
 }

@@ -78,6 +78,9 @@ type Options struct {
 	ReconcileAttempts int
 	// CacheSize is Pebble's block cache in bytes; zero means 64 MiB.
 	CacheSize int64
+	// noAutoCompactions keeps Pebble from compacting on its own (tests
+	// that need tables to stay as flushed).
+	noAutoCompactions bool
 	// OnCommit, if set, is called after every successful Sync commit with
 	// how long the commit (fsync included) took. It runs on the committing
 	// goroutine, with the batch's stripe locks held: it must be fast.
@@ -119,6 +122,8 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
+	// recoveryDead: dead entries the recovery-index scan at Open met.
+	recoveryDead atomic.Int64
 
 	closed atomic.Bool
 	damage *damagedFiles
@@ -176,9 +181,10 @@ func Open(dir string, o Options) (*Store, error) {
 		// walk was the largest cost of a Send once the memtable had filled
 		// (Send@64 fell to half over a benchmark run); at 16 MiB Send@64
 		// holds at 0.9 × the gRPC skeleton, and flushes stay rare enough.
-		MemTableSize:  16 << 20,
-		MaxOpenFiles:  1000,
-		ErrorIfExists: false,
+		MemTableSize:                16 << 20,
+		MaxOpenFiles:                1000,
+		DisableAutomaticCompactions: o.noAutoCompactions,
+		ErrorIfExists:               false,
 	}
 	// Accept looks up keys that do not exist yet (a new message id, a new
 	// conversation, a new idempotency key); bloom filters answer those
