@@ -67,10 +67,10 @@ func splitRound(msgs []*storev1.Message, todo []int) (round, rest []int) {
 }
 
 func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted, errs []error) {
-	stripes := make(lockSet, 0, 2*len(round))
+	stripes := make(lockSet, 0, 3*len(round))
 	for _, i := range round {
 		m := msgs[i]
-		stripes = append(stripes, s.stripe(m.Tenant, m.Conversation))
+		stripes = append(stripes, s.stripe(m.Tenant, m.Conversation), s.idStripe(m.Id))
 		if m.IdempotencyKey != "" {
 			stripes = append(stripes, s.idemStripe(m.Tenant, m.IdempotencyKey))
 		}
@@ -91,7 +91,7 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 			errs[i] = s.full()
 			continue
 		}
-		a, err := t.accept(m, nil)
+		a, err := t.accept(m, nil, true)
 		if err != nil {
 			errs[i] = err
 			continue

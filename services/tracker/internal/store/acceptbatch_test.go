@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,5 +90,66 @@ func TestAcceptBatchStopsAtMaxPending(t *testing.T) {
 	}
 	if full != 2 || s.RecoverySize() != 3 {
 		t.Fatalf("%d refused, %d pending; want 2 and 3", full, s.RecoverySize())
+	}
+}
+
+// TestAcceptRefusesAnExistingID: a message id is written once. Accept
+// skips the lookup of an id newer than every stored one (claimNewest), so
+// this covers both paths: the newest id again, an older stored id, an
+// older id never stored, the same id from concurrent Accepts, and the
+// newest id after a reopen.
+func TestAcceptRefusesAnExistingID(t *testing.T) {
+	fs := vfs.NewMem()
+	c := newClock()
+	s := openTest(t, fs, c, PolicyFail)
+	older := newMessage("a") // a ULID made before the others: an older id
+	first := mustAccept(t, s, newMessage("b")).Message.Id
+	second := mustAccept(t, s, newMessage("c")).Message.Id
+	for _, id := range []string{second, first} {
+		m := newMessage("d")
+		m.Id = id
+		if _, err := s.Accept(m); !errors.Is(err, ErrExists) {
+			t.Errorf("Accept of stored id %s = %v, want ErrExists", id, err)
+		}
+	}
+	if _, err := s.Accept(older); err != nil {
+		t.Errorf("Accept of an older id never stored = %v, want it accepted", err)
+	}
+
+	// The same new id from many Accepts at once, on different
+	// conversations: exactly one writes it.
+	for range 50 {
+		id := newMessage("").Id
+		var wg sync.WaitGroup
+		var ok atomic.Int32
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m := newMessage(fmt.Sprintf("race-%d", i))
+				m.Id = id
+				if _, err := s.Accept(m); err == nil {
+					ok.Add(1)
+				} else if !errors.Is(err, ErrExists) {
+					t.Errorf("Accept: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := ok.Load(); n != 1 {
+			t.Fatalf("%d Accepts of id %s succeeded, want 1", n, id)
+		}
+	}
+	s.Close()
+
+	s = openTest(t, fs, c, PolicyFail)
+	defer s.Close()
+	m := newMessage("e")
+	m.Id = second
+	if _, err := s.Accept(m); !errors.Is(err, ErrExists) {
+		t.Errorf("after reopen, Accept of stored id = %v, want ErrExists", err)
+	}
+	if r := s.Check(); len(r.Problems) > 0 {
+		t.Fatalf("check: %v", r.Problems)
 	}
 }

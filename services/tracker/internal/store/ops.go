@@ -94,7 +94,7 @@ func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, 
 	}
 	t := s.newTxn()
 	defer t.close()
-	a, err := t.accept(m, extra)
+	a, err := t.accept(m, extra, false)
 	if err != nil {
 		return Accepted{}, err
 	}
@@ -110,13 +110,15 @@ func (s *Store) full() error {
 // writes nothing when it fails. The message's conversation must not have
 // another message in the batch (its sequence and head are read from the
 // store).
-func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
+func (t *txn) accept(m *storev1.Message, extra func(t *txn), idLocked bool) (Accepted, error) {
 	s := t.s
-	if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
-		closer.Close()
-		return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
-	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return Accepted{}, fmt.Errorf("read message %s: %w", m.Id, err)
+	if !idLocked || !s.claimNewest(m.Id) {
+		if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
+			closer.Close()
+			return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
+		} else if !errors.Is(err, pebble.ErrNotFound) {
+			return Accepted{}, fmt.Errorf("read message %s: %w", m.Id, err)
+		}
 	}
 	last, err := s.lastSequence(m.Tenant, m.Conversation)
 	if err != nil {

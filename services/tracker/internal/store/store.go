@@ -122,6 +122,13 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
+	// newest is the greatest message id stored or being accepted: an
+	// Accept of a greater id, under the id's stripe lock, knows without a
+	// lookup that no message has it (see claimNewest).
+	newest struct {
+		sync.Mutex
+		id string
+	}
 	// recoveryDead: dead entries the recovery-index scan at Open met.
 	recoveryDead atomic.Int64
 
@@ -225,6 +232,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, describeOpenError(dir, err)
 	}
 	s.events.init(last)
+	if s.newest.id, err = s.lastMessageID(); err != nil {
+		db.Close()
+		return nil, describeOpenError(dir, err)
+	}
 	if err := s.loadIndex(); err != nil {
 		db.Close()
 		return nil, describeOpenError(dir, err)
@@ -357,6 +368,36 @@ func (s *Store) lastEventSequence() (uint64, error) {
 	return binary.BigEndian.Uint64(k[1:]), nil
 }
 
+// lastMessageID is the greatest message id in the store, "" when none.
+func (s *Store) lastMessageID() (string, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMessage}, UpperBound: []byte{prefixMessage + 1}})
+	if err != nil {
+		return "", err
+	}
+	defer it.Close()
+	if !it.Last() {
+		return "", it.Error()
+	}
+	return string(it.Key()[1:]), nil
+}
+
+// claimNewest records id as the newest message id if it is greater than
+// every id stored or claimed, and reports whether it was. Ids are ULIDs,
+// which grow with time: nearly every new message is the newest, and its
+// Accept skips the lookup of its id (with a long history, one lookup
+// consults every level's bloom filter). The caller holds id's stripe
+// (idStripe), so a second Accept of the same id waits for the first and
+// then, its id no longer greater, looks it up.
+func (s *Store) claimNewest(id string) bool {
+	s.newest.Lock()
+	defer s.newest.Unlock()
+	if id > s.newest.id {
+		s.newest.id = id
+		return true
+	}
+	return false
+}
+
 // getProto reads key into m. It reports false when the key is absent.
 func (s *Store) getProto(key []byte, m proto.Message) (bool, error) {
 	return readProto(s.db, key, m)
@@ -463,6 +504,16 @@ func (s *Store) unlock(stripes lockSet) {
 	for i := len(stripes) - 1; i >= 0; i-- {
 		s.locks[stripes[i]].Unlock()
 	}
+}
+
+// idStripe maps a message id to a stripe: Accept locks it so that two
+// Accepts of one id never both skip the lookup (claimNewest).
+func (s *Store) idStripe(id string) int {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString("id\x00")
+	h.WriteString(id)
+	return int(h.Sum64() % lockStripes)
 }
 
 // idemStripe maps an idempotency key to a stripe. Accept locks it together
