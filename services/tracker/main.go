@@ -215,36 +215,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		svc.Stop()
 		stopServing()
 	}()
+	// Background upkeep after the start: it ends before the store closes.
 	scrubCtx, stopScrub := context.WithCancel(ctx)
-	defer stopScrub()
+	upkeepDone := make(chan struct{})
 	go func() {
-		start := time.Now()
-		dead := st.RecoveryDead()
-		switch tidied, err := st.TidyRecoveryIndex(scrubCtx, tidyMinDead); {
-		case err != nil && scrubCtx.Err() == nil:
-			log.Warn("could not compact the recovery index; the next start scans its dead entries again", "dead_entries", dead, "err", err)
-		case tidied:
-			log.Info("recovery index compacted: the next start scans only pending entries", "dead_entries", dead, "took", time.Since(start).Round(time.Millisecond))
-		}
-		if !c.scrub {
-			return
-		}
-		{
-			start := time.Now()
-			n, err := st.Scrub(scrubCtx, c.scrubPause)
-			switch {
-			case err == nil:
-				// The scrub read the whole store once; give the memory it
-				// passed through back now rather than when the scavenger
-				// gets to it, so the tracker's footprint follows its
-				// pending work, not the size of its history.
-				debug.FreeOSMemory()
-				log.Info("store scrubbed: every table's block checksums verified", "tables", n, "took", time.Since(start).Round(time.Millisecond))
-			case scrubCtx.Err() == nil:
-				log.Error("store scrub failed", "error_code", "TRK_002", "tables_verified", n, "err", err)
-			}
+		defer close(upkeepDone)
+		tidyRecoveryIndex(scrubCtx, st, log)
+		if c.scrub {
+			scrubStore(scrubCtx, st, c.scrubPause, log)
 		}
 	}()
+	defer func() { stopScrub(); <-upkeepDone }()
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -270,13 +251,44 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
-// damagedError tells the operator which files are damaged and what to do.
 // tidyMinDead is how many dead recovery-index entries (finished messages
 // whose entries and single deletes await a compaction) a start may step
 // over before the tracker compacts the index's range (when they also
 // outnumber the live entries).
 const tidyMinDead = 10_000
 
+// tidyRecoveryIndex compacts the recovery index's range when the scan at
+// open stepped over too many dead entries.
+func tidyRecoveryIndex(ctx context.Context, st *store.Store, log *slog.Logger) {
+	start := time.Now()
+	dead := st.RecoveryDead()
+	tidied, err := st.TidyRecoveryIndex(ctx, tidyMinDead)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("could not compact the recovery index; the next start scans its dead entries again", "dead_entries", dead, "err", err)
+	case tidied:
+		log.Info("recovery index compacted: the next start scans only pending entries", "dead_entries", dead, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// scrubStore checks every table's block checksums, pausing between tables.
+func scrubStore(ctx context.Context, st *store.Store, pause time.Duration, log *slog.Logger) {
+	start := time.Now()
+	n, err := st.Scrub(ctx, pause)
+	switch {
+	case err == nil:
+		// The scrub read the whole store once; give the memory it passed
+		// through back now rather than when the scavenger gets to it, so
+		// the tracker's footprint follows its pending work, not the size
+		// of its history.
+		debug.FreeOSMemory()
+		log.Info("store scrubbed: every table's block checksums verified", "tables", n, "took", time.Since(start).Round(time.Millisecond))
+	case ctx.Err() == nil:
+		log.Error("store scrub failed", "error_code", "TRK_002", "tables_verified", n, "err", err)
+	}
+}
+
+// damagedError tells the operator which files are damaged and what to do.
 func damagedError(c config, files []string) error {
 	return fmt.Errorf("the store in %s is damaged: %s failed checksum verification; the tracker refuses to serve it and deleted nothing: stop it and restore the data directory from a backup (herald backup writes them into %s; see README, Backups)",
 		c.dataDir, strings.Join(files, ", "), c.backupDir)
