@@ -91,7 +91,7 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 			errs[i] = s.full()
 			continue
 		}
-		a, err := t.accept(m, nil, true)
+		a, err := t.accept(m, nil)
 		if err != nil {
 			errs[i] = err
 			continue

@@ -115,6 +115,23 @@ func TestAcceptRefusesAnExistingID(t *testing.T) {
 	if _, err := s.Accept(older); err != nil {
 		t.Errorf("Accept of an older id never stored = %v, want it accepted", err)
 	}
+	// A reply chunk goes through the same path.
+	r, err := s.OpenReply(&storev1.Reply{Id: newMessage("").Id, Tenant: "t1", Channel: "mock", Recipient: "ok", Conversation: "reply"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AppendChunk(r.Id, 0, &storev1.Message{Id: second, Text: "x"}); !errors.Is(err, ErrExists) {
+		t.Errorf("AppendChunk with a stored id = %v, want ErrExists", err)
+	}
+	fresh := chunk("x")
+	if _, err := s.AppendChunk(r.Id, 0, fresh); err != nil {
+		t.Fatalf("AppendChunk: %v", err)
+	}
+	m := newMessage("f")
+	m.Id = fresh.Id
+	if _, err := s.Accept(m); !errors.Is(err, ErrExists) {
+		t.Errorf("Accept of a chunk's id = %v, want ErrExists", err)
+	}
 
 	// The same new id from many Accepts at once, on different
 	// conversations: exactly one writes it.
@@ -144,7 +161,7 @@ func TestAcceptRefusesAnExistingID(t *testing.T) {
 
 	s = openTest(t, fs, c, PolicyFail)
 	defer s.Close()
-	m := newMessage("e")
+	m = newMessage("e")
 	m.Id = second
 	if _, err := s.Accept(m); !errors.Is(err, ErrExists) {
 		t.Errorf("after reopen, Accept of stored id = %v, want ErrExists", err)

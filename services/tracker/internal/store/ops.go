@@ -86,15 +86,15 @@ func (s *Store) duplicate(m *storev1.Message) (Accepted, bool, error) {
 	return Accepted{Message: orig, Delivery: d, Duplicate: true}, true, nil
 }
 
-// acceptLocked writes a new message under its conversation's (and key's)
-// stripe lock, which the caller holds. extra adds writes to the same batch.
+// acceptLocked writes a new message under its conversation's and id's
+// stripe locks, which the caller holds. extra adds writes to the same batch.
 func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	if s.index.size() >= s.max {
 		return Accepted{}, s.full()
 	}
 	t := s.newTxn()
 	defer t.close()
-	a, err := t.accept(m, extra, false)
+	a, err := t.accept(m, extra)
 	if err != nil {
 		return Accepted{}, err
 	}
@@ -109,10 +109,10 @@ func (s *Store) full() error {
 // accept adds a new message to the batch: it reads what it needs first and
 // writes nothing when it fails. The message's conversation must not have
 // another message in the batch (its sequence and head are read from the
-// store).
-func (t *txn) accept(m *storev1.Message, extra func(t *txn), idLocked bool) (Accepted, error) {
+// store), and the caller holds the id's stripe (claimNewest).
+func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	s := t.s
-	if !idLocked || !s.claimNewest(m.Id) {
+	if !s.claimNewest(m.Id) { // an id newer than every stored one needs no lookup
 		if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
 			closer.Close()
 			return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)

@@ -73,7 +73,7 @@ func (s *Store) AppendChunk(replyID string, index uint32, m *storev1.Message) (A
 	if err != nil {
 		return Accepted{}, err
 	}
-	stripes := s.lock(lockSet{s.stripe(r.Tenant, r.Conversation)})
+	stripes := s.lock(lockSet{s.stripe(r.Tenant, r.Conversation), s.idStripe(m.GetId())})
 	defer s.unlock(stripes)
 	if r, err = s.getReply(replyID); err != nil { // under the lock
 		return Accepted{}, err

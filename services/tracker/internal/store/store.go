@@ -386,8 +386,9 @@ func (s *Store) lastMessageID() (string, error) {
 // which grow with time: nearly every new message is the newest, and its
 // Accept skips the lookup of its id (with a long history, one lookup
 // consults every level's bloom filter). The caller holds id's stripe
-// (idStripe), so a second Accept of the same id waits for the first and
-// then, its id no longer greater, looks it up.
+// (idStripe: Accept and AppendChunk lock it), so a second Accept of the
+// same id waits for the first and then, its id no longer greater, looks
+// it up.
 func (s *Store) claimNewest(id string) bool {
 	s.newest.Lock()
 	defer s.newest.Unlock()
