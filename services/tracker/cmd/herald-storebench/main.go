@@ -29,7 +29,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/oklog/ulid/v2"
-	dto "github.com/prometheus/client_model/go"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
@@ -90,7 +89,8 @@ func run(args []string) error {
 		if err != nil {
 			return err
 		}
-		closer, fsyncs = st.Close, st.WALFsyncs
+		closer = st.Close
+		fsyncs = func() uint64 { return store.WALFsyncs(st.Metrics()) }
 		var n atomic.Uint64
 		write = func() error {
 			_, err := st.Accept(&storev1.Message{
@@ -105,7 +105,7 @@ func run(args []string) error {
 			return err
 		}
 		closer = db.Close
-		fsyncs = func() uint64 { return histogramCount(db.Metrics().LogWriter.FsyncLatency) }
+		fsyncs = func() uint64 { return store.WALFsyncs(db.Metrics()) }
 		val := []byte(payload)
 		var n atomic.Uint64
 		write = func() error {
@@ -172,17 +172,6 @@ func closedLoop(n int, dur time.Duration, write func() error) ([]time.Duration, 
 	}
 	wg.Wait()
 	return all, time.Since(start), firstErr
-}
-
-func histogramCount(h interface{ Write(*dto.Metric) error }) uint64 {
-	if h == nil {
-		return 0
-	}
-	var m dto.Metric
-	if err := h.Write(&m); err != nil {
-		return 0
-	}
-	return m.GetHistogram().GetSampleCount()
 }
 
 func cpuSeconds() float64 {

@@ -167,6 +167,15 @@ func TestCheckFindsWhatVerifyFinds(t *testing.T) {
 	if r := s.Check(); !hasProblem(r, "wants kind") {
 		t.Fatalf("misplaced index entry: problems %v", r.Problems)
 	}
+	// An entry for a message that was never stored: the records are read
+	// by seeking, which lands on the next id, not on this one.
+	ghost := "01000000000000000000000000" // older than every stored id
+	if err := s.db.Set(recoveryKey(recoveryDue, 1, ghost), recoveryValue("mock", "t1", "x"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.Check(); !hasProblem(r, "points to message "+ghost+", whose delivery record cannot be read") {
+		t.Fatalf("entry without a message: problems %v", r.Problems)
+	}
 }
 
 func hasProblem(r Report, sub string) bool {

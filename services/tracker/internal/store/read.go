@@ -202,11 +202,12 @@ func (s *Store) RecoverySize() int { return s.index.size() }
 // and the metrics endpoint.
 func (s *Store) Metrics() *pebble.Metrics { return s.db.Metrics() }
 
-// WALFsyncs is the number of WAL fsyncs Pebble has made since Open: the
+// WALFsyncs is the number of WAL fsyncs a Pebble instance has made since
+// it opened, from its metrics (Store.Metrics, or any pebble.DB's): the
 // sample count of its fsync-latency histogram. Group commit lets one fsync
 // serve many Sync commits.
-func (s *Store) WALFsyncs() uint64 {
-	h := s.db.Metrics().LogWriter.FsyncLatency
+func WALFsyncs(pm *pebble.Metrics) uint64 {
+	h := pm.LogWriter.FsyncLatency
 	if h == nil {
 		return 0
 	}

@@ -12,6 +12,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -353,15 +354,10 @@ func (s *Store) checkSchema() error {
 }
 
 func (s *Store) lastEventSequence() (uint64, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixEvent}, UpperBound: []byte{prefixEvent + 1}})
-	if err != nil {
+	k, err := s.lastKey(prefixEvent)
+	if k == nil || err != nil {
 		return 0, err
 	}
-	defer it.Close()
-	if !it.Last() {
-		return 0, it.Error()
-	}
-	k := it.Key()
 	if len(k) != 9 {
 		return 0, fmt.Errorf("event key %x: bad length", k)
 	}
@@ -370,15 +366,25 @@ func (s *Store) lastEventSequence() (uint64, error) {
 
 // lastMessageID is the greatest message id in the store, "" when none.
 func (s *Store) lastMessageID() (string, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMessage}, UpperBound: []byte{prefixMessage + 1}})
-	if err != nil {
+	k, err := s.lastKey(prefixMessage)
+	if k == nil || err != nil {
 		return "", err
+	}
+	return string(k[1:]), nil
+}
+
+// lastKey returns a copy of the greatest key of a family, nil when it has
+// none.
+func (s *Store) lastKey(prefix byte) ([]byte, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	if err != nil {
+		return nil, err
 	}
 	defer it.Close()
 	if !it.Last() {
-		return "", it.Error()
+		return nil, it.Error()
 	}
-	return string(it.Key()[1:]), nil
+	return bytes.Clone(it.Key()), nil
 }
 
 // claimNewest records id as the newest message id if it is greater than
@@ -415,10 +421,15 @@ func readProto(r pebble.Reader, key []byte, m proto.Message) (bool, error) {
 		return false, err
 	}
 	defer closer.Close()
+	return true, decodeProto(key, v, m)
+}
+
+// decodeProto decodes the value v of key into m.
+func decodeProto(key, v []byte, m proto.Message) error {
 	if err := proto.Unmarshal(v, m); err != nil {
-		return false, fmt.Errorf("decode %x: %w", key, err)
+		return fmt.Errorf("decode %x: %w", key, err)
 	}
-	return true, nil
+	return nil
 }
 
 func (s *Store) getMessage(id string) (*storev1.Message, error) {

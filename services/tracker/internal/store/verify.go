@@ -100,10 +100,7 @@ func (s *seeker) get(key []byte, m proto.Message) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := proto.Unmarshal(v, m); err != nil {
-		return false, fmt.Errorf("decode %x: %w", key, err)
-	}
-	return true, nil
+	return true, decodeProto(key, v, m)
 }
 
 func (s *seeker) close() {

@@ -119,8 +119,8 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 		age = max(c.m.now().Sub(next).Seconds(), 0)
 	}
 	ch <- prometheus.MustNewConstMetric(c.m.oldestPending, prometheus.GaugeValue, age)
-	ch <- prometheus.MustNewConstMetric(c.m.walFsyncs, prometheus.CounterValue, float64(st.WALFsyncs()))
 	pm := st.Metrics()
+	ch <- prometheus.MustNewConstMetric(c.m.walFsyncs, prometheus.CounterValue, float64(store.WALFsyncs(pm)))
 	ch <- prometheus.MustNewConstMetric(c.m.storeMemory, prometheus.GaugeValue, float64(pm.BlockCache.Size), "block_cache")
 	ch <- prometheus.MustNewConstMetric(c.m.storeMemory, prometheus.GaugeValue, float64(pm.MemTable.Size), "memtables")
 	ch <- prometheus.MustNewConstMetric(c.m.openTables, prometheus.GaugeValue, float64(pm.FileCache.TableCount))
