@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/heraldchat/herald/bench/load"
 )
 
 // sample is one subject's measurement in one round.
@@ -68,7 +70,7 @@ func measureLoop(ctx context.Context, pids []int, n int, dur time.Duration, op f
 	}
 	s := sample{ops: len(lat), elapsed: elapsed, rssKiB: peakRSS(pids)}
 	s.selfCPU, s.srvCPU = since(before, after)
-	s.p50, s.p99 = percentiles(lat)
+	s.p50, s.p99 = load.Percentiles(lat)
 	return s, nil
 }
 

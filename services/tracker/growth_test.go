@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	benchload "github.com/heraldchat/herald/bench/load"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 )
@@ -324,34 +326,18 @@ func interleave(t *testing.T, baseDir, grownDir string, writers, rounds int, d t
 // acceptLoad runs Accept from writers goroutines for d.
 func acceptLoad(t *testing.T, st *store.Store, writers int, d time.Duration) load {
 	t.Helper()
-	var mu sync.Mutex
-	var lat []time.Duration
-	deadline := time.Now().Add(d)
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for i := 0; time.Now().Before(deadline); i++ {
-				s := time.Now()
-				if _, err := st.Accept(growthMessage(fmt.Sprintf("load-%d-%s", w, ulid.Make()))); err != nil {
-					t.Error(err)
-					return
-				}
-				mine = append(mine, time.Since(s))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
+	lat, _, err := benchload.ClosedLoop(context.Background(), writers, d, func(_ context.Context, w int) error {
+		_, err := st.Accept(growthMessage(fmt.Sprintf("load-%d-%s", w, ulid.Make())))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	slices.Sort(lat)
 	if len(lat) == 0 {
 		t.Fatal("no accepts")
 	}
-	return load{rate: float64(len(lat)) / d.Seconds(), p99: lat[len(lat)*99/100]}
+	_, p99 := benchload.Percentiles(lat)
+	return load{rate: float64(len(lat)) / d.Seconds(), p99: p99}
 }
 
 // settle waits (at most two minutes) until the store has no compaction

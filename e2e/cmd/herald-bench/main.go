@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/heraldchat/herald/bench/load"
 	"github.com/heraldchat/herald/e2e/harness"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
 )
@@ -150,29 +150,28 @@ func rawPebble(dir string, writers int, dur time.Duration) (result, error) {
 	defer db.Close()
 	val := make([]byte, 256)
 	var next atomic.Uint64
-	lat := run1(writers, dur, func() error {
+	lat, _, err := load.ClosedLoop(context.Background(), writers, dur, func(context.Context, int) error {
 		k := next.Add(1)
 		key := fmt.Appendf(nil, "k%016d", k)
 		return db.Set(key, val, pebble.Sync)
 	})
+	if err != nil {
+		return result{}, err
+	}
 	return summarize(fmt.Sprintf("raw pebble Sync @%d", writers), lat, dur), nil
 }
 
 func sends(gw gatewayv1.GatewayServiceClient, clients int, dur time.Duration, text string) (result, error) {
 	var seq atomic.Uint64
-	var failed atomic.Int64
-	lat := run1(clients, dur, func() error {
+	lat, _, err := load.ClosedLoop(context.Background(), clients, dur, func(ctx context.Context, _ int) error {
 		n := seq.Add(1)
-		_, err := gw.Send(context.Background(), &gatewayv1.SendRequest{
+		_, err := gw.Send(ctx, &gatewayv1.SendRequest{
 			Channel: "mock", Recipient: "ok", Conversation: fmt.Sprintf("bench-%d-%d", clients, n), Text: text,
 		})
-		if err != nil {
-			failed.Add(1)
-		}
 		return err
 	})
-	if f := failed.Load(); f > 0 {
-		return result{}, fmt.Errorf("%d Sends failed at %d clients", f, clients)
+	if err != nil {
+		return result{}, fmt.Errorf("a Send failed at %d clients: %w", clients, err)
 	}
 	return summarize(fmt.Sprintf("herald Send @%d", clients), lat, dur), nil
 }
@@ -213,40 +212,9 @@ func profile(c *harness.Cluster, subject string, d time.Duration) (wait func()) 
 	return wg.Wait
 }
 
-// run1 runs fn from n goroutines for dur and returns every call's latency.
-func run1(n int, dur time.Duration, fn func() error) []time.Duration {
-	var mu sync.Mutex
-	var all []time.Duration
-	stop := time.Now().Add(dur)
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for time.Now().Before(stop) {
-				t := time.Now()
-				if err := fn(); err != nil {
-					return
-				}
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			all = append(all, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return all
-}
-
 func summarize(name string, lat []time.Duration, dur time.Duration) result {
-	slices.Sort(lat)
 	r := result{name: name, ops: len(lat), elapsed: dur}
-	if len(lat) > 0 {
-		r.p50 = lat[len(lat)/2]
-		r.p99 = lat[len(lat)*99/100]
-	}
+	r.p50, r.p99 = load.Percentiles(lat)
 	return r
 }
 

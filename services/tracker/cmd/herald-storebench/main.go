@@ -14,15 +14,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/heraldchat/herald/bench/load"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 )
@@ -116,7 +116,7 @@ func run(args []string) error {
 	}
 
 	f0, cpu0 := fsyncs(), cpuSeconds()
-	lat, elapsed, err := closedLoop(*writers, *dur, write)
+	lat, elapsed, err := load.ClosedLoop(context.Background(), *writers, *dur, func(context.Context, int) error { return write() })
 	cpu1, f1 := cpuSeconds(), fsyncs()
 	if cerr := closer(); err == nil {
 		err = cerr
@@ -124,54 +124,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	slices.Sort(lat)
+	p50, p99 := load.Percentiles(lat)
 	r := Result{Subject: *subject, Writers: *writers, Ops: len(lat), Seconds: elapsed.Seconds(),
-		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM()}
-	if len(lat) > 0 {
-		r.P50ns, r.P99ns = int64(lat[len(lat)/2]), int64(lat[len(lat)*99/100])
-	}
+		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM(), P50ns: int64(p50), P99ns: int64(p99)}
 	return json.NewEncoder(os.Stdout).Encode(r)
-}
-
-// closedLoop calls write from n goroutines until dur has passed and returns
-// each call's latency and the time until the last writer stopped. The first
-// error stops every writer.
-func closedLoop(n int, dur time.Duration, write func() error) ([]time.Duration, time.Duration, error) {
-	var (
-		mu       sync.Mutex
-		all      []time.Duration
-		firstErr error
-		failed   atomic.Bool
-		wg       sync.WaitGroup
-	)
-	start := time.Now()
-	stop := start.Add(dur)
-	for range n {
-		wg.Go(func() {
-			mine := make([]time.Duration, 0, 1024)
-			for !failed.Load() {
-				t := time.Now()
-				if !t.Before(stop) {
-					break
-				}
-				if err := write(); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					failed.Store(true)
-					break
-				}
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			all = append(all, mine...)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	return all, time.Since(start), firstErr
 }
 
 func cpuSeconds() float64 {
