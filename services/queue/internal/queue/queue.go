@@ -263,7 +263,32 @@ func (q *Queue) leaseLoop(ctx context.Context) {
 			q.take(l.GetMessage().GetChannel())
 			q.disp.dispatch(l)
 		}
+		if len(resp.GetLeases()) == 0 && atLimit(slots) {
+			// The tracker answers at once when its due work is all on
+			// channels at their limit here: ask again when a delivery
+			// frees a slot, or after a short while for other channels'
+			// new work.
+			select {
+			case <-ctx.Done():
+			case <-q.freed:
+			case <-time.After(limitedRetry):
+			}
+		}
 	}
+}
+
+// limitedRetry bounds how long the lease loop waits for a freed slot after
+// an empty lease while a channel is at its limit.
+const limitedRetry = 50 * time.Millisecond
+
+// atLimit reports whether some channel has no free slot.
+func atLimit(slots map[string]uint32) bool {
+	for _, n := range slots {
+		if n == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // capacity returns free slots overall and for channels near their limit.

@@ -128,6 +128,13 @@ func (s *Service) Lease(ctx context.Context, req *trackerv1.LeaseRequest) (*trac
 			}
 			return out, nil
 		}
+		// Work that is due yet not leased is held back by the caller's
+		// channel slots, which do not change during this call: answer now,
+		// so that the caller asks again when its slots free, instead of
+		// waiting out wait_ms with free slots.
+		if ok && !next.After(s.now()) {
+			return &trackerv1.LeaseResponse{}, nil
+		}
 		// Nothing leasable now: wait for new due work, the earliest future
 		// due time, the caller's deadline, or wait_ms.
 		var dueTimer <-chan time.Time
