@@ -7,6 +7,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -119,33 +120,98 @@ func (s *Store) historyWhere(p []byte, limit int, idOf func(k, v []byte) string,
 	return out, it.Error()
 }
 
-// Events returns up to limit committed events with a sequence greater than
-// after, oldest first. It never returns an event while an earlier one is
-// still being committed, so a reader that resumes from the last sequence it
-// saw misses nothing.
-func (s *Store) Events(after uint64, limit int) ([]*storev1.Event, error) {
+// EventFilter selects events by type and channel; an empty field matches
+// every event.
+type EventFilter struct {
+	Type    string
+	Channel string
+}
+
+// Events reads up to limit events of the log after sequence after and
+// returns those that match f, oldest first, with the sequence of the last
+// event it read, matching or not: the next call continues after it. read
+// is how many it read; when read < limit it reached the newest durable
+// event. Events that do not match are skipped on their type and channel
+// fields alone, without decoding them: a watcher of rare events (the
+// queue's abort follower) does not pay for the log's every event. It never
+// reads an event while an earlier one is still being committed, so a reader
+// that resumes from last misses nothing.
+func (s *Store) Events(after uint64, limit int, f EventFilter) (evs []*storev1.Event, last uint64, read int, err error) {
+	last = after
 	durable, _ := s.events.watch()
 	if after >= durable {
-		return nil, nil
+		return nil, last, 0, nil
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(after + 1), UpperBound: eventKey(durable + 1)})
 	if err != nil {
-		return nil, err
+		return nil, last, 0, err
 	}
 	defer it.Close()
-	var out []*storev1.Event
-	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+	for ok := it.First(); ok && read < limit; ok = it.Next() {
+		read++
+		k := it.Key()
+		if len(k) != 9 {
+			return nil, last, read, fmt.Errorf("event key %x: bad length", k)
+		}
+		last = binary.BigEndian.Uint64(k[1:])
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return nil, err
+			return nil, last, read, err
+		}
+		if match, err := f.matchEncoded(v); err != nil {
+			return nil, last, read, fmt.Errorf("decode event %x: %w", k, err)
+		} else if !match {
+			continue
 		}
 		ev := &storev1.Event{}
 		if err := proto.Unmarshal(v, ev); err != nil {
-			return nil, fmt.Errorf("decode event %x: %w", it.Key(), err)
+			return nil, last, read, fmt.Errorf("decode event %x: %w", k, err)
 		}
-		out = append(out, ev)
+		evs = append(evs, ev)
 	}
-	return out, it.Error()
+	return evs, last, read, it.Error()
+}
+
+// Event fields matchEncoded reads; see storev1.Event.
+const (
+	eventFieldType    protowire.Number = 3
+	eventFieldChannel protowire.Number = 6
+)
+
+// matchEncoded reports whether an encoded storev1.Event matches f, reading
+// only its type and channel fields.
+func (f EventFilter) matchEncoded(v []byte) (bool, error) {
+	if f.Type == "" && f.Channel == "" {
+		return true, nil
+	}
+	var typ, channel []byte
+	for len(v) > 0 {
+		num, wt, n := protowire.ConsumeTag(v)
+		if n < 0 {
+			return false, protowire.ParseError(n)
+		}
+		v = v[n:]
+		if wt == protowire.BytesType && (num == eventFieldType || num == eventFieldChannel) {
+			b, n := protowire.ConsumeBytes(v)
+			if n < 0 {
+				return false, protowire.ParseError(n)
+			}
+			// The last occurrence of a field wins, as in proto.Unmarshal.
+			if num == eventFieldType {
+				typ = b
+			} else {
+				channel = b
+			}
+			v = v[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, wt, v)
+		if n < 0 {
+			return false, protowire.ParseError(n)
+		}
+		v = v[n:]
+	}
+	return (f.Type == "" || string(typ) == f.Type) && (f.Channel == "" || string(channel) == f.Channel), nil
 }
 
 // WaitEvents blocks until an event after seq is committed, ctx ends, or the

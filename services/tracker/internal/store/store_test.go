@@ -219,6 +219,80 @@ func TestRetryKeepsAttemptsAndDueTime(t *testing.T) {
 	}
 }
 
+// TestEventsFilterSkipsWithoutDecoding: a filtered read returns exactly the
+// events a full decode would select, in order, and continues after the last
+// event it read even when none of a page matched.
+func TestEventsFilterSkipsWithoutDecoding(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	var aborted []string
+	for i := range 30 {
+		m := newMessage(fmt.Sprint("c", i))
+		if i%3 == 0 {
+			m.Channel = "slack"
+		}
+		mustAccept(t, s, m)
+		if i%4 == 0 {
+			if _, err := s.Abort(m.Id, "test"); err != nil {
+				t.Fatal(err)
+			}
+			aborted = append(aborted, m.Id)
+		}
+	}
+	all, _, read, err := s.Events(0, 1000, EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if read != len(all) || read < 30+len(aborted) {
+		t.Fatalf("unfiltered read: %d events, read=%d", len(all), read)
+	}
+	for _, f := range []EventFilter{
+		{Type: EventAborted},
+		{Channel: "slack"},
+		{Type: EventAborted, Channel: "slack"},
+		{Type: EventAccepted, Channel: "mock"},
+		{Type: "no.such.event"},
+	} {
+		var want []uint64
+		for _, ev := range all {
+			if (f.Type == "" || ev.Type == f.Type) && (f.Channel == "" || ev.Channel == f.Channel) {
+				want = append(want, ev.Sequence)
+			}
+		}
+		// Pages of 4 events, most of which match nothing.
+		var got []uint64
+		var after uint64
+		for {
+			evs, last, read, err := s.Events(after, 4, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range evs {
+				if (f.Type != "" && ev.Type != f.Type) || (f.Channel != "" && ev.Channel != f.Channel) {
+					t.Fatalf("filter %+v returned %s on %s", f, ev.Type, ev.Channel)
+				}
+				got = append(got, ev.Sequence)
+			}
+			if read < 4 {
+				if last != all[len(all)-1].Sequence {
+					t.Fatalf("filter %+v: last read %d, newest event %d", f, last, all[len(all)-1].Sequence)
+				}
+				break
+			}
+			if last <= after {
+				t.Fatalf("filter %+v: a full page did not advance (after %d, last %d)", f, after, last)
+			}
+			after = last
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("filter %+v: got sequences %v, want %v", f, got, want)
+		}
+	}
+	if got, _, _, _ := s.Events(0, 1000, EventFilter{Type: EventAborted}); len(got) != len(aborted) {
+		t.Fatalf("%d aborted events, want %d", len(got), len(aborted))
+	}
+}
+
 func TestEventsResumeWithoutGaps(t *testing.T) {
 	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
 	defer s.Close()
@@ -238,14 +312,14 @@ func TestEventsResumeWithoutGaps(t *testing.T) {
 	var after uint64
 	deadline := time.Now().Add(10 * time.Second)
 	for len(seen) < 160 && time.Now().Before(deadline) {
-		evs, err := s.Events(after, 7)
+		evs, last, _, err := s.Events(after, 7, EventFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, ev := range evs {
 			seen = append(seen, ev.Sequence)
-			after = ev.Sequence
 		}
+		after = last
 	}
 	wg.Wait()
 	for i, seq := range seen {

@@ -275,21 +275,19 @@ func (s *Service) WatchEvents(req *trackerv1.WatchEventsRequest, stream trackerv
 		}
 	}()
 	after := req.GetAfterSequence()
+	filter := store.EventFilter{Type: req.GetType(), Channel: req.GetChannel()}
 	for {
-		evs, err := s.store.Events(after, eventPage)
+		evs, last, read, err := s.store.Events(after, eventPage, filter)
 		if err != nil {
 			return s.toStatus("read events", err)
 		}
+		after = last
 		for _, ev := range evs {
-			after = ev.GetSequence()
-			if !matches(ev, req) {
-				continue
-			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}
 		}
-		if len(evs) == eventPage {
+		if read == eventPage {
 			continue
 		}
 		if err := s.store.WaitEvents(ctx, after); err != nil {
@@ -308,11 +306,6 @@ func isClosed(c chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-func matches(ev *storev1.Event, req *trackerv1.WatchEventsRequest) bool {
-	return (req.GetType() == "" || ev.GetType() == req.GetType()) &&
-		(req.GetChannel() == "" || ev.GetChannel() == req.GetChannel())
 }
 
 // Stats implements trackerv1.TrackerServiceServer.
