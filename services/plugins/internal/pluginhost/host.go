@@ -567,13 +567,7 @@ func (h *Host) logFailure(ctx context.Context, d *Delivery, adapter string, res 
 // startSpan starts the delivery's span as a child of the message's trace
 // (traceparent/tracestate), so every attempt joins the message's trace.
 func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context.Context, trace.Span) {
-	opts := []trace.SpanStartOption{
-		trace.WithAttributes(
-			attribute.String("herald.message_id", d.GetMessageId()),
-			attribute.String("herald.channel", d.GetChannel()),
-			attribute.Int64("herald.attempt", int64(d.GetAttempt())),
-		),
-	}
+	var opts []trace.SpanStartOption
 	if d.GetTraceparent() != "" {
 		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
 			"traceparent": d.GetTraceparent(),
@@ -585,5 +579,14 @@ func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context
 		// long-lived span.
 		opts = append(opts, trace.WithNewRoot())
 	}
-	return otel.Tracer(tracerName).Start(ctx, name, opts...)
+	ctx, span := otel.Tracer(tracerName).Start(ctx, name, opts...)
+	// Only a recorded span keeps attributes; most attempts are not sampled.
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("herald.message_id", d.GetMessageId()),
+			attribute.String("herald.channel", d.GetChannel()),
+			attribute.Int64("herald.attempt", int64(d.GetAttempt())),
+		)
+	}
+	return ctx, span
 }

@@ -587,12 +587,16 @@ func (q *Queue) startAttempt(l *trackerv1.Lease) (trace.Span, propagation.MapCar
 	if l.GetDelivery().GetReconciling() {
 		name = "queue.reconcile"
 	}
-	ctx, span := q.tracer.Start(parent, name, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(
-		attribute.String("herald.message_id", m.GetId()),
-		attribute.String("herald.channel", m.GetChannel()),
-		attribute.String("herald.conversation", m.GetConversation()),
-		attribute.Int64("herald.attempt", int64(l.GetDelivery().GetAttempts())),
-	))
+	ctx, span := q.tracer.Start(parent, name, trace.WithSpanKind(trace.SpanKindInternal))
+	// Only a recorded span keeps attributes; most attempts are not sampled.
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("herald.message_id", m.GetId()),
+			attribute.String("herald.channel", m.GetChannel()),
+			attribute.String("herald.conversation", m.GetConversation()),
+			attribute.Int64("herald.attempt", int64(l.GetDelivery().GetAttempts())),
+		)
+	}
 	carrier := propagation.MapCarrier{}
 	otel.GetTextMapPropagator().Inject(ctx, carrier)
 	return span, carrier
