@@ -29,10 +29,7 @@ import (
 )
 
 const (
-	defaultGracePeriod = 10 * time.Second
-	// streamWorkers is enough for every call of a loaded service to find an
-	// idle worker: a blocked Send holds one until the tracker answers.
-	streamWorkers       = 256
+	defaultGracePeriod  = 10 * time.Second
 	defaultMaxRecvBytes = 4 << 20
 )
 
@@ -114,11 +111,6 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 			recovery.StreamServerInterceptor(recOpts...),
 		),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvBytes),
-		// Calls run on long-lived worker goroutines whose stacks have
-		// already grown, instead of a new goroutine each that grows its
-		// stack again (runtime.morestack was ~6% of the gateway's CPU at
-		// Send@64). Calls beyond the workers still get their own goroutine.
-		grpc.NumStreamWorkers(streamWorkers),
 		// Clients ping every 30s (pkg/grpcclient), also on idle
 		// connections; allow that with margin so long streams are not
 		// closed with ENHANCE_YOUR_CALM.
