@@ -72,8 +72,11 @@ type TrackerServiceClient interface {
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
 	// tokens, in one synced batch, and returns them. With reconcile set it
 	// also hands out reconcile leases (see Lease). If none is due it waits up
-	// to wait_ms for one (a long poll: a new Accept wakes it). Not idempotent:
-	// each call grants new leases. An empty answer is not an error.
+	// to wait_ms for one (a long poll: a new Accept wakes it). When messages
+	// are due but every one is on a channel without a free slot in
+	// channel_slots, it answers empty at once: ask again when a slot frees.
+	// Not idempotent: each call grants new leases. An empty answer is not an
+	// error.
 	// Errors: INVALID_ARGUMENT (lease_duration_ms not positive).
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 	// Complete records a batch of outcomes in one synced batch. Each outcome
@@ -370,8 +373,11 @@ type TrackerServiceServer interface {
 	// Lease moves up to max due PENDING messages to IN_FLIGHT under new fencing
 	// tokens, in one synced batch, and returns them. With reconcile set it
 	// also hands out reconcile leases (see Lease). If none is due it waits up
-	// to wait_ms for one (a long poll: a new Accept wakes it). Not idempotent:
-	// each call grants new leases. An empty answer is not an error.
+	// to wait_ms for one (a long poll: a new Accept wakes it). When messages
+	// are due but every one is on a channel without a free slot in
+	// channel_slots, it answers empty at once: ask again when a slot frees.
+	// Not idempotent: each call grants new leases. An empty answer is not an
+	// error.
 	// Errors: INVALID_ARGUMENT (lease_duration_ms not positive).
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	// Complete records a batch of outcomes in one synced batch. Each outcome
