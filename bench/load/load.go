@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -67,4 +68,14 @@ func Percentiles(lat []time.Duration) (p50, p99 time.Duration) {
 	}
 	slices.Sort(lat)
 	return lat[len(lat)/2], lat[len(lat)*99/100]
+}
+
+// CPUTime is the calling process's user and system CPU time so far (0 when
+// the system cannot say).
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -115,9 +114,9 @@ func run(args []string) error {
 		return fmt.Errorf("-subject=%q: give store or pebble", *subject)
 	}
 
-	f0, cpu0 := fsyncs(), cpuSeconds()
+	f0, cpu0 := fsyncs(), load.CPUTime().Seconds()
 	lat, elapsed, err := load.ClosedLoop(context.Background(), *writers, *dur, func(context.Context, int) error { return write() })
-	cpu1, f1 := cpuSeconds(), fsyncs()
+	cpu1, f1 := load.CPUTime().Seconds(), fsyncs()
 	if cerr := closer(); err == nil {
 		err = cerr
 	}
@@ -128,14 +127,6 @@ func run(args []string) error {
 	r := Result{Subject: *subject, Writers: *writers, Ops: len(lat), Seconds: elapsed.Seconds(),
 		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM(), P50ns: int64(p50), P99ns: int64(p99)}
 	return json.NewEncoder(os.Stdout).Encode(r)
-}
-
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // vmHWM reads the peak resident set size from /proc/self/status (0 when

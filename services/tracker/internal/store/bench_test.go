@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/heraldchat/herald/bench/load"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
 
@@ -75,7 +75,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	// Text that compresses like prose, not like zeros: the bytes that
 	// reach the tables drive the flush and compaction costs.
 	r := rand.New(rand.NewPCG(1, 2))
-	cpu0 := cpuTime()
+	cpu0 := load.CPUTime()
 	b.ResetTimer()
 	for done := 0; done < b.N; done += batch {
 		msgs := make([]*storev1.Message, batch)
@@ -101,7 +101,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	b.StopTimer()
 	// Flushes and compactions run on Pebble's own goroutines; CPU time
 	// counts them, wall time per message does not.
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(load.CPUTime()-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // randomText is n letters and spaces drawn from r.
@@ -112,13 +112,4 @@ func randomText(r *rand.Rand, n int) string {
 		b[i] = letters[r.IntN(len(letters))]
 	}
 	return string(b)
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

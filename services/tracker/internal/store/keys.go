@@ -210,6 +210,14 @@ func eventKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixEvent}, seq)
 }
 
+// parseEventKey returns an event key's sequence.
+func parseEventKey(k []byte) (uint64, error) {
+	if len(k) != 9 || k[0] != prefixEvent {
+		return 0, fmt.Errorf("event key %x: bad length or prefix", k)
+	}
+	return binary.BigEndian.Uint64(k[1:]), nil
+}
+
 func timelineKey(id string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(idKey(prefixTimeline, id), seq)
 }

@@ -150,10 +150,9 @@ func (s *Store) Events(after uint64, limit int, f EventFilter) (evs []*storev1.E
 	for ok := it.First(); ok && read < limit; ok = it.Next() {
 		read++
 		k := it.Key()
-		if len(k) != 9 {
-			return nil, last, read, fmt.Errorf("event key %x: bad length", k)
+		if last, err = parseEventKey(k); err != nil {
+			return nil, after, read, err
 		}
-		last = binary.BigEndian.Uint64(k[1:])
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return nil, last, read, err

@@ -358,10 +358,7 @@ func (s *Store) lastEventSequence() (uint64, error) {
 	if k == nil || err != nil {
 		return 0, err
 	}
-	if len(k) != 9 {
-		return 0, fmt.Errorf("event key %x: bad length", k)
-	}
-	return binary.BigEndian.Uint64(k[1:]), nil
+	return parseEventKey(k)
 }
 
 // lastMessageID is the greatest message id in the store, "" when none.

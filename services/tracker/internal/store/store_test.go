@@ -253,9 +253,12 @@ func TestEventsFilterSkipsWithoutDecoding(t *testing.T) {
 		{Type: EventAccepted, Channel: "mock"},
 		{Type: "no.such.event"},
 	} {
+		matches := func(ev *storev1.Event) bool {
+			return (f.Type == "" || ev.Type == f.Type) && (f.Channel == "" || ev.Channel == f.Channel)
+		}
 		var want []uint64
 		for _, ev := range all {
-			if (f.Type == "" || ev.Type == f.Type) && (f.Channel == "" || ev.Channel == f.Channel) {
+			if matches(ev) {
 				want = append(want, ev.Sequence)
 			}
 		}
@@ -268,7 +271,7 @@ func TestEventsFilterSkipsWithoutDecoding(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, ev := range evs {
-				if (f.Type != "" && ev.Type != f.Type) || (f.Channel != "" && ev.Channel != f.Channel) {
+				if !matches(ev) {
 					t.Fatalf("filter %+v returned %s on %s", f, ev.Type, ev.Channel)
 				}
 				got = append(got, ev.Sequence)
