@@ -37,7 +37,9 @@ func (t *emptyLeases) WatchEvents(context.Context, *trackerv1.WatchEventsRequest
 }
 
 // idleHost opens Deliver streams that never answer.
-type idleHost struct{ pluginsv1.PluginHostServiceClient }
+type idleHost struct {
+	pluginsv1.PluginHostServiceClient
+}
 
 func (idleHost) Deliver(ctx context.Context, _ ...grpc.CallOption) (grpc.BidiStreamingClient[pluginsv1.DeliverRequest, pluginsv1.DeliverResponse], error) {
 	return idleStream{ctx: ctx}, nil
