@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -108,6 +109,112 @@ func TestPipelineExactlyOnceInConversationOrder(t *testing.T) {
 				t.Errorf("message %s is %s, want DELIVERED", id, s)
 			}
 		}
+	}
+}
+
+// Messages written on one SendStream, many in flight, are each answered
+// once, reach the adapter exactly once, and keep their conversation's
+// order; a repeated idempotency key on the same stream answers the first
+// message's id and delivers nothing more.
+func TestSendStreamExactlyOnceInConversationOrder(t *testing.T) {
+	gw, host := startInProcess(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream, err := gw.SendStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const convs, perConv = 6, 25
+	type sent struct {
+		conv string
+		i    int
+	}
+	byRef := map[uint64]sent{}
+	ref := uint64(0)
+	for i := range perConv {
+		for c := range convs {
+			to := "ok"
+			if i%5 == 2 {
+				to = "flaky:1" // fails its first attempt, retried
+			}
+			ref++
+			byRef[ref] = sent{fmt.Sprint("conv-", c), i}
+			req := &gatewayv1.SendRequest{Channel: "mock", Recipient: to, Conversation: fmt.Sprint("conv-", c),
+				Text: fmt.Sprint(i), IdempotencyKey: fmt.Sprintf("k-%d-%d", c, i)}
+			if err := stream.Send(&gatewayv1.SendStreamRequest{Ref: ref, Request: req}); err != nil {
+				t.Fatal(err)
+			}
+			if i == 10 {
+				// The same message again, right behind the first.
+				ref++
+				byRef[ref] = sent{fmt.Sprint("conv-", c), -1}
+				if err := stream.Send(&gatewayv1.SendStreamRequest{Ref: ref, Request: req}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	answered := map[uint64]*gatewayv1.SendResponse{}
+	for {
+		a, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("stream ended with %v after %d answers", err, len(answered))
+		}
+		if a.GetCode() != 0 {
+			t.Fatalf("ref %d: code %d %s", a.GetRef(), a.GetCode(), a.GetError())
+		}
+		if answered[a.GetRef()] != nil {
+			t.Fatalf("ref %d answered twice", a.GetRef())
+		}
+		answered[a.GetRef()] = a.GetResponse()
+	}
+	if len(answered) != len(byRef) {
+		t.Fatalf("%d answers for %d requests", len(answered), len(byRef))
+	}
+	for r, s := range byRef {
+		resp := answered[r]
+		if s.i < 0 {
+			first := answered[r-1]
+			if !resp.GetDuplicate() || resp.GetId() != first.GetId() {
+				t.Errorf("repeated key: id %s duplicate=%v, want %s duplicate=true", resp.GetId(), resp.GetDuplicate(), first.GetId())
+			}
+			continue
+		}
+		if resp.GetDuplicate() || resp.GetSequence() != uint64(s.i+1) {
+			t.Errorf("%s message %d: sequence %d duplicate=%v, want sequence %d", s.conv, s.i, resp.GetSequence(), resp.GetDuplicate(), s.i+1)
+		}
+		ids[resp.GetId()] = true
+	}
+
+	want := convs * perConv
+	deadline := time.Now().Add(30 * time.Second)
+	for len(host.Deliveries()) < want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let any stray duplicate show up
+	seen := map[string]int{}
+	last := map[string]uint64{}
+	for _, d := range host.Deliveries() {
+		seen[d.MessageID]++
+		if d.Sequence <= last[d.Conversation] {
+			t.Errorf("%s: sequence %d delivered after %d", d.Conversation, d.Sequence, last[d.Conversation])
+		}
+		last[d.Conversation] = d.Sequence
+	}
+	for id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("message %s delivered %d times, want 1", id, seen[id])
+		}
+	}
+	if len(seen) != want {
+		t.Fatalf("delivered %d messages, want %d", len(seen), want)
 	}
 }
 

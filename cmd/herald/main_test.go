@@ -4,15 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
@@ -57,6 +63,32 @@ func (f *fakeGateway) Send(_ context.Context, req *gatewayv1.SendRequest) (*gate
 		return nil, f.sendErr
 	}
 	return &gatewayv1.SendResponse{Id: "01JD7X0000000000000000000A", State: gatewayv1.DeliveryState_DELIVERY_STATE_PENDING, Sequence: 1}, nil
+}
+
+// SendStream answers each request in order: text "bad" is refused, the
+// rest are accepted with id "id-<ref>".
+func (f *fakeGateway) SendStream(stream grpc.BidiStreamingServer[gatewayv1.SendStreamRequest, gatewayv1.SendStreamResponse]) error {
+	for {
+		in, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		out := &gatewayv1.SendStreamResponse{Ref: in.GetRef()}
+		if in.GetRequest().GetText() == "bad" {
+			out.Code, out.Error = int32(codes.InvalidArgument), "text: bad"
+		} else {
+			f.mu.Lock()
+			f.sends = append(f.sends, in.GetRequest())
+			f.mu.Unlock()
+			out.Response = &gatewayv1.SendResponse{Id: fmt.Sprint("id-", in.GetRef()), State: gatewayv1.DeliveryState_DELIVERY_STATE_PENDING, Sequence: 1}
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
 }
 
 func (f *fakeGateway) GetMessage(_ context.Context, req *gatewayv1.GetMessageRequest) (*gatewayv1.GetMessageResponse, error) {
@@ -298,6 +330,51 @@ func TestSendJSONOutput(t *testing.T) {
 	}
 	if got.ID != "01JD7X0000000000000000000A" || got.State != "DELIVERY_STATE_PENDING" || got.Sequence != "1" {
 		t.Errorf("JSON output = %+v", got)
+	}
+}
+
+// send --file sends every line over one stream, fills what a line leaves
+// out from the flags, reports each line's answer and exits 1 when any line
+// was not accepted.
+func TestSendFileStreamsEveryLine(t *testing.T) {
+	f := &fakeGateway{}
+	addr := startFake(t, f)
+	path := filepath.Join(t.TempDir(), "messages.jsonl")
+	lines := `{"channel":"webhook","recipient":"http://127.0.0.1:9/h","text":"full","idempotency_key":"k1"}
+{"text":"from flags","metadata":{"k":"v"}}
+{"text": oops}
+
+{"text":"bad"}
+`
+	if err := os.WriteFile(path, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := herald(t, context.Background(), addr, "send", "--channel", "mock", "--to", "u1", "--meta", "lang=en", "--file", path)
+	if code != 1 || !strings.Contains(stderr, "2 of the messages were not accepted") {
+		t.Errorf("exit %d, stderr %q; want 1 and a count of the lines not accepted", code, stderr)
+	}
+	for _, want := range []string{
+		"line=1 id=id-1 state=PENDING sequence=1\n",
+		"line=2 id=id-2 state=PENDING sequence=1\n",
+		"line=3 error=InvalidArgument: not a SendRequest in JSON",
+		"line=5 error=InvalidArgument: text: bad\n",
+		"messages 4: accepted 2, failed 2, unanswered 0\n",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.sends) != 2 {
+		t.Fatalf("gateway accepted %d requests, want 2", len(f.sends))
+	}
+	want := &gatewayv1.SendRequest{Channel: "mock", Recipient: "u1", Text: "from flags", Metadata: map[string]string{"k": "v", "lang": "en"}}
+	if diff := cmp.Diff(f.sends[1], want, protocmp.Transform()); diff != "" {
+		t.Errorf("line 2 as sent (-got +want):\n%s", diff)
+	}
+	if got := f.sends[0]; got.GetChannel() != "webhook" || got.GetIdempotencyKey() != "k1" || got.GetMetadata()["lang"] != "en" {
+		t.Errorf("line 1 as sent = %v, want its own channel and key, and the flag's metadata", got)
 	}
 }
 

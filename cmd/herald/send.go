@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"strings"
 	"time"
 
@@ -17,18 +18,21 @@ func newSendCmd(a *app) *cobra.Command {
 		req  gatewayv1.SendRequest
 		meta []string
 		ttl  time.Duration
+		file string
 	)
 	cmd := &cobra.Command{
 		Use:   "send --channel CHANNEL --to RECIPIENT --text TEXT",
 		Short: "Send a message and print its id, state and sequence",
 		Example: `  herald send --channel webhook --to http://127.0.0.1:9000/hook --conversation c1 --text "hello"
-  herald send --channel telegram --to 12345 --text "hi" --key order-17 --meta lang=en --ttl 1h`,
+  herald send --channel telegram --to 12345 --text "hi" --key order-17 --meta lang=en --ttl 1h
+  herald send --file messages.jsonl                 # one SendRequest per line, over one SendStream
+  herald send --channel mock --to u1 --file -       # lines from stdin; flags fill what a line leaves out`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if req.Channel == "" {
+			if file == "" && req.Channel == "" {
 				return errors.New("--channel is required: name the channel to deliver on, such as webhook, telegram or slack")
 			}
-			if req.Recipient == "" {
+			if file == "" && req.Recipient == "" {
 				return errors.New("--to is required: give the recipient's address on the channel, such as a webhook URL or a chat id")
 			}
 			if len(meta) > 0 {
@@ -47,6 +51,21 @@ func newSendCmd(a *app) *cobra.Command {
 			// Round up so that a sub-second TTL does not become "no TTL".
 			req.TtlSeconds = int64(math.Ceil(ttl.Seconds()))
 			req.Tenant = a.tenant
+			if file != "" {
+				if req.IdempotencyKey != "" {
+					return errors.New("--key with --file: one key would make every line the same message; give each line its own idempotency_key")
+				}
+				in := cmd.InOrStdin()
+				if file != "-" {
+					f, err := os.Open(file)
+					if err != nil {
+						return fmt.Errorf("--file: %w", err)
+					}
+					defer f.Close()
+					in = f
+				}
+				return a.sendLines(cmd.Context(), in, &req)
+			}
 
 			client, err := a.client()
 			if err != nil {
@@ -81,5 +100,6 @@ func newSendCmd(a *app) *cobra.Command {
 	f.StringVar(&req.IdempotencyKey, "key", "", "idempotency key: repeating a send with the same key returns the original message")
 	f.StringArrayVar(&meta, "meta", nil, "metadata entry key=value (repeatable)")
 	f.DurationVar(&ttl, "ttl", 0, "time-to-live, such as 1h; an undelivered message expires after it (default: none)")
+	f.StringVar(&file, "file", "", "send every line of this file ('-' for stdin), each a SendRequest in JSON, over one stream; prints one line per message")
 	return cmd
 }

@@ -1669,6 +1669,152 @@ func (x *SendResponse) GetDuplicate() bool {
 	return false
 }
 
+type SendStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller and echoed in the answer, e.g. a counter. herald
+	// does not require refs to be unique; a caller that matches answers to
+	// requests keeps the unanswered ones unique.
+	Ref     uint64       `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Request *SendRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// The message's W3C trace context ("00-<trace id>-<span id>-<flags>");
+	// its trace continues it. Empty: each message starts a trace of its own,
+	// linked to the stream's.
+	Traceparent   string `protobuf:"bytes,3,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate    string `protobuf:"bytes,4,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamRequest) Reset() {
+	*x = SendStreamRequest{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamRequest) ProtoMessage() {}
+
+func (x *SendStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamRequest.ProtoReflect.Descriptor instead.
+func (*SendStreamRequest) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SendStreamRequest) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *SendStreamRequest) GetRequest() *SendRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *SendStreamRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *SendStreamRequest) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
+type SendStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Set when the message was accepted (or repeated an idempotency key).
+	Response *SendResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// Otherwise the gRPC status code (google.rpc.Code) and the message Send
+	// would have returned, which says whether the message may have been
+	// accepted all the same (then send it again with the same idempotency key).
+	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamResponse) Reset() {
+	*x = SendStreamResponse{}
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamResponse) ProtoMessage() {}
+
+func (x *SendStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamResponse.ProtoReflect.Descriptor instead.
+func (*SendStreamResponse) Descriptor() ([]byte, []int) {
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SendStreamResponse) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *SendStreamResponse) GetResponse() *SendResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *SendStreamResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SendStreamResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type GetMessageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1678,7 +1824,7 @@ type GetMessageRequest struct {
 
 func (x *GetMessageRequest) Reset() {
 	*x = GetMessageRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1836,7 @@ func (x *GetMessageRequest) String() string {
 func (*GetMessageRequest) ProtoMessage() {}
 
 func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[26]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1849,7 @@ func (x *GetMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageRequest.ProtoReflect.Descriptor instead.
 func (*GetMessageRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetMessageRequest) GetId() string {
@@ -1740,7 +1886,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1898,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[27]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1911,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Message) GetId() string {
@@ -1914,7 +2060,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2072,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[28]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2085,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2036,7 +2182,7 @@ type GetMessageResponse struct {
 
 func (x *GetMessageResponse) Reset() {
 	*x = GetMessageResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2194,7 @@ func (x *GetMessageResponse) String() string {
 func (*GetMessageResponse) ProtoMessage() {}
 
 func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[29]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2207,7 @@ func (x *GetMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessageResponse.ProtoReflect.Descriptor instead.
 func (*GetMessageResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetMessageResponse) GetMessage() *Message {
@@ -2093,7 +2239,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2251,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[30]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2264,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HistoryRequest) GetTenant() string {
@@ -2165,7 +2311,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2323,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[31]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2336,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -2211,7 +2357,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2369,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[32]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2382,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -2268,7 +2414,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2426,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[33]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2439,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{33}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 type ServiceStatus struct {
@@ -2309,7 +2455,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2467,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[34]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2480,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{34}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -2376,7 +2522,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2534,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[35]
+	mi := &file_herald_gateway_v1_gateway_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2547,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{35}
+	return file_herald_gateway_v1_gateway_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusResponse) GetServices() []*ServiceStatus {
@@ -2539,7 +2685,19 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x05state\x18\x02 \x01(\x0e2 .herald.gateway.v1.DeliveryStateR\x05state\x12\x1a\n" +
 	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12\x1c\n" +
-	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"#\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\xa1\x01\n" +
+	"\x11SendStreamRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x128\n" +
+	"\arequest\x18\x02 \x01(\v2\x1e.herald.gateway.v1.SendRequestR\arequest\x12 \n" +
+	"\vtraceparent\x18\x03 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x04 \x01(\tR\n" +
+	"tracestate\"\x8d\x01\n" +
+	"\x12SendStreamResponse\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12;\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1f.herald.gateway.v1.SendResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"#\n" +
 	"\x11GetMessageRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xfa\x05\n" +
 	"\aMessage\x12\x0e\n" +
@@ -2626,9 +2784,11 @@ const file_herald_gateway_v1_gateway_proto_rawDesc = "" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x04\x12\x19\n" +
 	"\x15DELIVERY_STATE_FAILED\x10\x05\x12\x1a\n" +
 	"\x16DELIVERY_STATE_ABORTED\x10\x06\x12\x1a\n" +
-	"\x16DELIVERY_STATE_EXPIRED\x10\a2\x81\v\n" +
+	"\x16DELIVERY_STATE_EXPIRED\x10\a2\xe0\v\n" +
 	"\x0eGatewayService\x12G\n" +
-	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12Y\n" +
+	"\x04Send\x12\x1e.herald.gateway.v1.SendRequest\x1a\x1f.herald.gateway.v1.SendResponse\x12]\n" +
+	"\n" +
+	"SendStream\x12$.herald.gateway.v1.SendStreamRequest\x1a%.herald.gateway.v1.SendStreamResponse(\x010\x01\x12Y\n" +
 	"\n" +
 	"GetMessage\x12$.herald.gateway.v1.GetMessageRequest\x1a%.herald.gateway.v1.GetMessageResponse\x12P\n" +
 	"\aHistory\x12!.herald.gateway.v1.HistoryRequest\x1a\".herald.gateway.v1.HistoryResponse\x12P\n" +
@@ -2660,7 +2820,7 @@ func file_herald_gateway_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_gateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_herald_gateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_herald_gateway_v1_gateway_proto_goTypes = []any{
 	(ReplyState)(0),                 // 0: herald.gateway.v1.ReplyState
 	(DeliveryState)(0),              // 1: herald.gateway.v1.DeliveryState
@@ -2690,89 +2850,95 @@ var file_herald_gateway_v1_gateway_proto_goTypes = []any{
 	(*VerifyStateResponse)(nil),     // 25: herald.gateway.v1.VerifyStateResponse
 	(*SendRequest)(nil),             // 26: herald.gateway.v1.SendRequest
 	(*SendResponse)(nil),            // 27: herald.gateway.v1.SendResponse
-	(*GetMessageRequest)(nil),       // 28: herald.gateway.v1.GetMessageRequest
-	(*Message)(nil),                 // 29: herald.gateway.v1.Message
-	(*Event)(nil),                   // 30: herald.gateway.v1.Event
-	(*GetMessageResponse)(nil),      // 31: herald.gateway.v1.GetMessageResponse
-	(*HistoryRequest)(nil),          // 32: herald.gateway.v1.HistoryRequest
-	(*HistoryResponse)(nil),         // 33: herald.gateway.v1.HistoryResponse
-	(*WatchEventsRequest)(nil),      // 34: herald.gateway.v1.WatchEventsRequest
-	(*StatusRequest)(nil),           // 35: herald.gateway.v1.StatusRequest
-	(*ServiceStatus)(nil),           // 36: herald.gateway.v1.ServiceStatus
-	(*StatusResponse)(nil),          // 37: herald.gateway.v1.StatusResponse
-	nil,                             // 38: herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
-	nil,                             // 39: herald.gateway.v1.VerifyStateResponse.CountsEntry
-	nil,                             // 40: herald.gateway.v1.SendRequest.MetadataEntry
-	nil,                             // 41: herald.gateway.v1.Message.MetadataEntry
-	nil,                             // 42: herald.gateway.v1.StatusResponse.CountsEntry
-	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
+	(*SendStreamRequest)(nil),       // 28: herald.gateway.v1.SendStreamRequest
+	(*SendStreamResponse)(nil),      // 29: herald.gateway.v1.SendStreamResponse
+	(*GetMessageRequest)(nil),       // 30: herald.gateway.v1.GetMessageRequest
+	(*Message)(nil),                 // 31: herald.gateway.v1.Message
+	(*Event)(nil),                   // 32: herald.gateway.v1.Event
+	(*GetMessageResponse)(nil),      // 33: herald.gateway.v1.GetMessageResponse
+	(*HistoryRequest)(nil),          // 34: herald.gateway.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 35: herald.gateway.v1.HistoryResponse
+	(*WatchEventsRequest)(nil),      // 36: herald.gateway.v1.WatchEventsRequest
+	(*StatusRequest)(nil),           // 37: herald.gateway.v1.StatusRequest
+	(*ServiceStatus)(nil),           // 38: herald.gateway.v1.ServiceStatus
+	(*StatusResponse)(nil),          // 39: herald.gateway.v1.StatusResponse
+	nil,                             // 40: herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	nil,                             // 41: herald.gateway.v1.VerifyStateResponse.CountsEntry
+	nil,                             // 42: herald.gateway.v1.SendRequest.MetadataEntry
+	nil,                             // 43: herald.gateway.v1.Message.MetadataEntry
+	nil,                             // 44: herald.gateway.v1.StatusResponse.CountsEntry
+	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
 }
 var file_herald_gateway_v1_gateway_proto_depIdxs = []int32{
 	3,  // 0: herald.gateway.v1.ListChannelsResponse.channels:type_name -> herald.gateway.v1.Channel
-	43, // 1: herald.gateway.v1.RecoveryItem.at:type_name -> google.protobuf.Timestamp
-	38, // 2: herald.gateway.v1.RecoveryStatusResponse.unknown:type_name -> herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
+	45, // 1: herald.gateway.v1.RecoveryItem.at:type_name -> google.protobuf.Timestamp
+	40, // 2: herald.gateway.v1.RecoveryStatusResponse.unknown:type_name -> herald.gateway.v1.RecoveryStatusResponse.UnknownEntry
 	6,  // 3: herald.gateway.v1.RecoveryStatusResponse.items:type_name -> herald.gateway.v1.RecoveryItem
 	0,  // 4: herald.gateway.v1.OpenReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
 	1,  // 5: herald.gateway.v1.AppendChunkResponse.state:type_name -> herald.gateway.v1.DeliveryState
 	0,  // 6: herald.gateway.v1.CloseReplyResponse.state:type_name -> herald.gateway.v1.ReplyState
 	1,  // 7: herald.gateway.v1.AbortResponse.state:type_name -> herald.gateway.v1.DeliveryState
 	0,  // 8: herald.gateway.v1.AbortResponse.reply_state:type_name -> herald.gateway.v1.ReplyState
-	43, // 9: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
-	29, // 10: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
+	45, // 9: herald.gateway.v1.ListDeadLettersRequest.since:type_name -> google.protobuf.Timestamp
+	31, // 10: herald.gateway.v1.ListDeadLettersResponse.messages:type_name -> herald.gateway.v1.Message
 	1,  // 11: herald.gateway.v1.RedriveResponse.state:type_name -> herald.gateway.v1.DeliveryState
 	1,  // 12: herald.gateway.v1.PurgeResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	39, // 13: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
-	40, // 14: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
+	41, // 13: herald.gateway.v1.VerifyStateResponse.counts:type_name -> herald.gateway.v1.VerifyStateResponse.CountsEntry
+	42, // 14: herald.gateway.v1.SendRequest.metadata:type_name -> herald.gateway.v1.SendRequest.MetadataEntry
 	1,  // 15: herald.gateway.v1.SendResponse.state:type_name -> herald.gateway.v1.DeliveryState
-	41, // 16: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
-	1,  // 17: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
-	43, // 18: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
-	43, // 19: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 20: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
-	43, // 21: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 22: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
-	29, // 23: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
-	30, // 24: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
-	29, // 25: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
-	36, // 26: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
-	42, // 27: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
-	26, // 28: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
-	28, // 29: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
-	32, // 30: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
-	34, // 31: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
-	35, // 32: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
-	14, // 33: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
-	16, // 34: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
-	18, // 35: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
-	20, // 36: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
-	22, // 37: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
-	24, // 38: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
-	8,  // 39: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
-	10, // 40: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
-	12, // 41: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
-	5,  // 42: herald.gateway.v1.GatewayService.RecoveryStatus:input_type -> herald.gateway.v1.RecoveryStatusRequest
-	2,  // 43: herald.gateway.v1.GatewayService.ListChannels:input_type -> herald.gateway.v1.ListChannelsRequest
-	27, // 44: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
-	31, // 45: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
-	33, // 46: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
-	30, // 47: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
-	37, // 48: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
-	15, // 49: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
-	17, // 50: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
-	19, // 51: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
-	21, // 52: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
-	23, // 53: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
-	25, // 54: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
-	9,  // 55: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
-	11, // 56: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
-	13, // 57: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
-	7,  // 58: herald.gateway.v1.GatewayService.RecoveryStatus:output_type -> herald.gateway.v1.RecoveryStatusResponse
-	4,  // 59: herald.gateway.v1.GatewayService.ListChannels:output_type -> herald.gateway.v1.ListChannelsResponse
-	44, // [44:60] is the sub-list for method output_type
-	28, // [28:44] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	26, // 16: herald.gateway.v1.SendStreamRequest.request:type_name -> herald.gateway.v1.SendRequest
+	27, // 17: herald.gateway.v1.SendStreamResponse.response:type_name -> herald.gateway.v1.SendResponse
+	43, // 18: herald.gateway.v1.Message.metadata:type_name -> herald.gateway.v1.Message.MetadataEntry
+	1,  // 19: herald.gateway.v1.Message.state:type_name -> herald.gateway.v1.DeliveryState
+	45, // 20: herald.gateway.v1.Message.accepted_at:type_name -> google.protobuf.Timestamp
+	45, // 21: herald.gateway.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 22: herald.gateway.v1.Message.next_attempt_at:type_name -> google.protobuf.Timestamp
+	45, // 23: herald.gateway.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 24: herald.gateway.v1.Event.state:type_name -> herald.gateway.v1.DeliveryState
+	31, // 25: herald.gateway.v1.GetMessageResponse.message:type_name -> herald.gateway.v1.Message
+	32, // 26: herald.gateway.v1.GetMessageResponse.timeline:type_name -> herald.gateway.v1.Event
+	31, // 27: herald.gateway.v1.HistoryResponse.messages:type_name -> herald.gateway.v1.Message
+	38, // 28: herald.gateway.v1.StatusResponse.services:type_name -> herald.gateway.v1.ServiceStatus
+	44, // 29: herald.gateway.v1.StatusResponse.counts:type_name -> herald.gateway.v1.StatusResponse.CountsEntry
+	26, // 30: herald.gateway.v1.GatewayService.Send:input_type -> herald.gateway.v1.SendRequest
+	28, // 31: herald.gateway.v1.GatewayService.SendStream:input_type -> herald.gateway.v1.SendStreamRequest
+	30, // 32: herald.gateway.v1.GatewayService.GetMessage:input_type -> herald.gateway.v1.GetMessageRequest
+	34, // 33: herald.gateway.v1.GatewayService.History:input_type -> herald.gateway.v1.HistoryRequest
+	36, // 34: herald.gateway.v1.GatewayService.WatchEvents:input_type -> herald.gateway.v1.WatchEventsRequest
+	37, // 35: herald.gateway.v1.GatewayService.Status:input_type -> herald.gateway.v1.StatusRequest
+	14, // 36: herald.gateway.v1.GatewayService.Abort:input_type -> herald.gateway.v1.AbortRequest
+	16, // 37: herald.gateway.v1.GatewayService.ListDeadLetters:input_type -> herald.gateway.v1.ListDeadLettersRequest
+	18, // 38: herald.gateway.v1.GatewayService.Redrive:input_type -> herald.gateway.v1.RedriveRequest
+	20, // 39: herald.gateway.v1.GatewayService.Purge:input_type -> herald.gateway.v1.PurgeRequest
+	22, // 40: herald.gateway.v1.GatewayService.Backup:input_type -> herald.gateway.v1.BackupRequest
+	24, // 41: herald.gateway.v1.GatewayService.VerifyState:input_type -> herald.gateway.v1.VerifyStateRequest
+	8,  // 42: herald.gateway.v1.GatewayService.OpenReply:input_type -> herald.gateway.v1.OpenReplyRequest
+	10, // 43: herald.gateway.v1.GatewayService.AppendChunk:input_type -> herald.gateway.v1.AppendChunkRequest
+	12, // 44: herald.gateway.v1.GatewayService.CloseReply:input_type -> herald.gateway.v1.CloseReplyRequest
+	5,  // 45: herald.gateway.v1.GatewayService.RecoveryStatus:input_type -> herald.gateway.v1.RecoveryStatusRequest
+	2,  // 46: herald.gateway.v1.GatewayService.ListChannels:input_type -> herald.gateway.v1.ListChannelsRequest
+	27, // 47: herald.gateway.v1.GatewayService.Send:output_type -> herald.gateway.v1.SendResponse
+	29, // 48: herald.gateway.v1.GatewayService.SendStream:output_type -> herald.gateway.v1.SendStreamResponse
+	33, // 49: herald.gateway.v1.GatewayService.GetMessage:output_type -> herald.gateway.v1.GetMessageResponse
+	35, // 50: herald.gateway.v1.GatewayService.History:output_type -> herald.gateway.v1.HistoryResponse
+	32, // 51: herald.gateway.v1.GatewayService.WatchEvents:output_type -> herald.gateway.v1.Event
+	39, // 52: herald.gateway.v1.GatewayService.Status:output_type -> herald.gateway.v1.StatusResponse
+	15, // 53: herald.gateway.v1.GatewayService.Abort:output_type -> herald.gateway.v1.AbortResponse
+	17, // 54: herald.gateway.v1.GatewayService.ListDeadLetters:output_type -> herald.gateway.v1.ListDeadLettersResponse
+	19, // 55: herald.gateway.v1.GatewayService.Redrive:output_type -> herald.gateway.v1.RedriveResponse
+	21, // 56: herald.gateway.v1.GatewayService.Purge:output_type -> herald.gateway.v1.PurgeResponse
+	23, // 57: herald.gateway.v1.GatewayService.Backup:output_type -> herald.gateway.v1.BackupResponse
+	25, // 58: herald.gateway.v1.GatewayService.VerifyState:output_type -> herald.gateway.v1.VerifyStateResponse
+	9,  // 59: herald.gateway.v1.GatewayService.OpenReply:output_type -> herald.gateway.v1.OpenReplyResponse
+	11, // 60: herald.gateway.v1.GatewayService.AppendChunk:output_type -> herald.gateway.v1.AppendChunkResponse
+	13, // 61: herald.gateway.v1.GatewayService.CloseReply:output_type -> herald.gateway.v1.CloseReplyResponse
+	7,  // 62: herald.gateway.v1.GatewayService.RecoveryStatus:output_type -> herald.gateway.v1.RecoveryStatusResponse
+	4,  // 63: herald.gateway.v1.GatewayService.ListChannels:output_type -> herald.gateway.v1.ListChannelsResponse
+	47, // [47:64] is the sub-list for method output_type
+	30, // [30:47] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_herald_gateway_v1_gateway_proto_init() }
@@ -2786,7 +2952,7 @@ func file_herald_gateway_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_gateway_v1_gateway_proto_rawDesc), len(file_herald_gateway_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	GatewayService_Send_FullMethodName            = "/herald.gateway.v1.GatewayService/Send"
+	GatewayService_SendStream_FullMethodName      = "/herald.gateway.v1.GatewayService/SendStream"
 	GatewayService_GetMessage_FullMethodName      = "/herald.gateway.v1.GatewayService/GetMessage"
 	GatewayService_History_FullMethodName         = "/herald.gateway.v1.GatewayService/History"
 	GatewayService_WatchEvents_FullMethodName     = "/herald.gateway.v1.GatewayService/WatchEvents"
@@ -55,6 +56,21 @@ type GatewayServiceClient interface {
 	// the same key), RESOURCE_EXHAUSTED (too much pending work; retry later),
 	// DEADLINE_EXCEEDED (may or may not be written; retry with the same key).
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
+	// SendStream is Send for backends that send many messages: write requests
+	// without waiting for answers, as with a broker's publisher confirms. Each
+	// request is answered once, in any order, carrying its ref: with what Send
+	// would return, only after the tracker has fsynced the message, or with
+	// the error Send would return (code and error). A bad request gets its
+	// error and the stream goes on. At most 1024 requests wait for their
+	// answers per stream; beyond that the gateway reads no more requests until
+	// answers go out (gRPC flow control holds the writer back).
+	// The stream ends OK after the caller closes its side and every request
+	// read has been answered. While the gateway drains it answers what it has
+	// read and ends the stream with UNAVAILABLE: requests without an answer
+	// were not read, send them again elsewhere. If the stream breaks
+	// otherwise, a request without an answer may or may not have been
+	// accepted: send it again with the same idempotency key.
+	SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SendStreamRequest, SendStreamResponse], error)
 	// GetMessage returns a message's state, attempts and timeline. Idempotent.
 	// Errors: INVALID_ARGUMENT (no id), NOT_FOUND.
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
@@ -135,6 +151,19 @@ func (c *gatewayServiceClient) Send(ctx context.Context, in *SendRequest, opts .
 	return out, nil
 }
 
+func (c *gatewayServiceClient) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SendStreamRequest, SendStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[0], GatewayService_SendStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SendStreamRequest, SendStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_SendStreamClient = grpc.BidiStreamingClient[SendStreamRequest, SendStreamResponse]
+
 func (c *gatewayServiceClient) GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetMessageResponse)
@@ -157,7 +186,7 @@ func (c *gatewayServiceClient) History(ctx context.Context, in *HistoryRequest, 
 
 func (c *gatewayServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[0], GatewayService_WatchEvents_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_WatchEvents_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +338,21 @@ type GatewayServiceServer interface {
 	// the same key), RESOURCE_EXHAUSTED (too much pending work; retry later),
 	// DEADLINE_EXCEEDED (may or may not be written; retry with the same key).
 	Send(context.Context, *SendRequest) (*SendResponse, error)
+	// SendStream is Send for backends that send many messages: write requests
+	// without waiting for answers, as with a broker's publisher confirms. Each
+	// request is answered once, in any order, carrying its ref: with what Send
+	// would return, only after the tracker has fsynced the message, or with
+	// the error Send would return (code and error). A bad request gets its
+	// error and the stream goes on. At most 1024 requests wait for their
+	// answers per stream; beyond that the gateway reads no more requests until
+	// answers go out (gRPC flow control holds the writer back).
+	// The stream ends OK after the caller closes its side and every request
+	// read has been answered. While the gateway drains it answers what it has
+	// read and ends the stream with UNAVAILABLE: requests without an answer
+	// were not read, send them again elsewhere. If the stream breaks
+	// otherwise, a request without an answer may or may not have been
+	// accepted: send it again with the same idempotency key.
+	SendStream(grpc.BidiStreamingServer[SendStreamRequest, SendStreamResponse]) error
 	// GetMessage returns a message's state, attempts and timeline. Idempotent.
 	// Errors: INVALID_ARGUMENT (no id), NOT_FOUND.
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
@@ -381,6 +425,9 @@ type UnimplementedGatewayServiceServer struct{}
 
 func (UnimplementedGatewayServiceServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
+}
+func (UnimplementedGatewayServiceServer) SendStream(grpc.BidiStreamingServer[SendStreamRequest, SendStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method SendStream not implemented")
 }
 func (UnimplementedGatewayServiceServer) GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMessage not implemented")
@@ -465,6 +512,13 @@ func _GatewayService_Send_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _GatewayService_SendStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).SendStream(&grpc.GenericServerStream[SendStreamRequest, SendStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_SendStreamServer = grpc.BidiStreamingServer[SendStreamRequest, SendStreamResponse]
 
 func _GatewayService_GetMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetMessageRequest)
@@ -798,6 +852,12 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SendStream",
+			Handler:       _GatewayService_SendStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchEvents",
 			Handler:       _GatewayService_WatchEvents_Handler,

@@ -66,9 +66,11 @@ const (
 )
 
 type acceptCall struct {
-	ctx  context.Context
-	req  *trackerv1.AcceptRequest
-	done chan acceptAnswer // buffered: the answer never blocks its sender
+	ctx context.Context
+	req *trackerv1.AcceptRequest
+	// done receives the answer, once. It is called with a.mu held, so it
+	// must not block nor call back into the accepter.
+	done func(acceptAnswer)
 }
 
 type acceptAnswer struct {
@@ -94,29 +96,40 @@ func (a *accepter) Accept(ctx context.Context, req *trackerv1.AcceptRequest) (*t
 	if a.unary.Load() {
 		return a.tracker.Accept(ctx, req)
 	}
-	c := &acceptCall{ctx: ctx, req: req, done: make(chan acceptAnswer, 1)}
-	a.mu.Lock()
-	if a.unary.Load() { // set under a.mu when the stream turned out unimplemented
-		a.mu.Unlock()
-		return a.tracker.Accept(ctx, req)
-	}
-	switch a.state {
-	case down:
-		a.mu.Unlock()
-		return nil, status.Error(codes.Unavailable, "the tracker is unreachable; nothing was written: retry")
-	case closed:
-		a.mu.Unlock()
-		return nil, status.Error(codes.Unavailable, "gateway is stopping; nothing was written")
-	}
-	a.queue = append(a.queue, c)
-	a.sendLocked()
-	a.mu.Unlock()
+	answer := make(chan acceptAnswer, 1) // buffered: the answer never blocks its sender
+	a.acceptAsync(ctx, req, func(ans acceptAnswer) { answer <- ans })
 	select {
-	case ans := <-c.done:
+	case ans := <-answer:
 		return ans.resp, ans.err
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// acceptAsync is Accept without the wait: done receives the answer, once,
+// from whichever goroutine has it (possibly before acceptAsync returns).
+// done must not block.
+func (a *accepter) acceptAsync(ctx context.Context, req *trackerv1.AcceptRequest, done func(acceptAnswer)) {
+	c := &acceptCall{ctx: ctx, req: req, done: done}
+	a.mu.Lock()
+	if a.unary.Load() { // set under a.mu when the stream turned out unimplemented
+		a.mu.Unlock()
+		go a.unaryCall(c)
+		return
+	}
+	switch a.state {
+	case down:
+		a.mu.Unlock()
+		done(acceptAnswer{err: status.Error(codes.Unavailable, "the tracker is unreachable; nothing was written: retry")})
+		return
+	case closed:
+		a.mu.Unlock()
+		done(acceptAnswer{err: status.Error(codes.Unavailable, "gateway is stopping; nothing was written")})
+		return
+	}
+	a.queue = append(a.queue, c)
+	a.sendLocked()
+	a.mu.Unlock()
 }
 
 // sendLocked sends the waiting calls while the stream is open, no other
@@ -129,7 +142,7 @@ func (a *accepter) sendLocked() {
 		req := &trackerv1.AcceptStreamRequest{Items: make([]*trackerv1.AcceptItem, 0, n)}
 		for _, c := range a.queue[:n] {
 			if err := c.ctx.Err(); err != nil {
-				c.done <- acceptAnswer{err: status.FromContextError(err).Err()}
+				c.done(acceptAnswer{err: status.FromContextError(err).Err()})
 				continue
 			}
 			a.next++
@@ -207,14 +220,14 @@ func (a *accepter) setState(s streamState) {
 // failQueuedLocked answers the calls that were never sent.
 func (a *accepter) failQueuedLocked(err error) {
 	for _, c := range a.queue {
-		c.done <- acceptAnswer{err: err}
+		c.done(acceptAnswer{err: err})
 	}
 	a.queue = nil
 }
 
 func (a *accepter) unaryCall(c *acceptCall) {
 	resp, err := a.tracker.Accept(c.ctx, c.req)
-	c.done <- acceptAnswer{resp, err}
+	c.done(acceptAnswer{resp, err})
 }
 
 // serve opens the stream to calls and hands out its answers until it
@@ -240,9 +253,9 @@ func (a *accepter) serve(ctx context.Context, stream trackerv1.TrackerService_Ac
 				continue
 			}
 			if r.GetResponse() != nil {
-				c.done <- acceptAnswer{resp: r.GetResponse()}
+				c.done(acceptAnswer{resp: r.GetResponse()})
 			} else {
-				c.done <- acceptAnswer{err: status.Error(codes.Code(r.GetCode()), r.GetError())}
+				c.done(acceptAnswer{err: status.Error(codes.Code(r.GetCode()), r.GetError())})
 			}
 		}
 		// What gathered while the stream was full goes now.
@@ -279,6 +292,6 @@ func (a *accepter) broken(ctx context.Context, err error) {
 		a.log.Warn("the accept stream to the tracker broke", "error_code", "GW_001", "unanswered", len(pending), "err", err)
 	}
 	for _, c := range pending {
-		c.done <- acceptAnswer{err: &streamBrokenError{cause: err}}
+		c.done(acceptAnswer{err: &streamBrokenError{cause: err}})
 	}
 }

@@ -22,7 +22,8 @@ type streamTracker struct {
 	mu         sync.Mutex
 	requests   int
 	breakAfter int
-	items      []int // items per request
+	items      []int              // items per request
+	stored     []*storev1.Message // messages answered as accepted
 }
 
 func (f *streamTracker) AcceptStream(stream trackerv1.TrackerService_AcceptStreamServer) error {
@@ -43,6 +44,9 @@ func (f *streamTracker) AcceptStream(stream trackerv1.TrackerService_AcceptStrea
 		for _, it := range req.GetItems() {
 			m := it.GetRequest().GetMessage()
 			m.Sequence = 1
+			f.mu.Lock()
+			f.stored = append(f.stored, m)
+			f.mu.Unlock()
 			resp.Results = append(resp.Results, &trackerv1.AcceptResult{RequestId: it.GetRequestId(),
 				Response: &trackerv1.AcceptResponse{Message: m, Delivery: &storev1.Delivery{State: storev1.State_STATE_PENDING}}})
 		}

@@ -82,7 +82,9 @@ type Service struct {
 	metrics       *Metrics
 	accepter      *accepter
 
-	draining atomic.Bool
+	draining  atomic.Bool
+	drainOnce sync.Once
+	drained   chan struct{} // closed by Drain
 }
 
 var _ gatewayv1.GatewayServiceServer = (*Service)(nil)
@@ -102,6 +104,7 @@ func New(cfg Config) (*Service, error) {
 		now:           cfg.Now,
 		newID:         cfg.NewID,
 		metrics:       cfg.Metrics,
+		drained:       make(chan struct{}),
 	}
 	if s.metrics == nil {
 		s.metrics, _ = NewMetrics(nil) // registers nothing, cannot fail
@@ -125,7 +128,10 @@ func New(cfg Config) (*Service, error) {
 // Drain makes the Service refuse every new call with UNAVAILABLE. Calls
 // already running finish normally. It cannot be undone: a draining gateway is
 // on its way out.
-func (s *Service) Drain() { s.draining.Store(true) }
+func (s *Service) Drain() {
+	s.draining.Store(true)
+	s.drainOnce.Do(func() { close(s.drained) })
+}
 
 // Close ends the gateway's stream to the tracker. Call it after the gRPC
 // server has stopped: Sends still running would fail.
@@ -150,11 +156,21 @@ func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (resp *g
 	if err := s.admit(); err != nil {
 		return nil, err
 	}
+	areq, err := s.acceptRequest(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	acc, err := s.accepter.Accept(ctx, areq)
+	return s.sendResponse(ctx, acc, err)
+}
+
+// acceptRequest validates req and turns it into the tracker's request: a new
+// message id, and the trace context of ctx.
+func (s *Service) acceptRequest(ctx context.Context, req *gatewayv1.SendRequest) (*trackerv1.AcceptRequest, error) {
 	v, err := validateSend(req)
 	if err != nil {
 		return nil, err
 	}
-
 	// The trace context travels inside the stored message so that the
 	// queue's asynchronous hop and every later attempt join this trace.
 	carrier := propagation.MapCarrier{}
@@ -175,7 +191,11 @@ func (s *Service) Send(ctx context.Context, req *gatewayv1.SendRequest) (resp *g
 	// The tracker turns the time to live into an expiry on its own clock,
 	// the one that decides expiry.
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	acc, err := s.accepter.Accept(ctx, &trackerv1.AcceptRequest{Message: msg, TtlNanos: ttl.Nanoseconds()})
+	return &trackerv1.AcceptRequest{Message: msg, TtlNanos: ttl.Nanoseconds()}, nil
+}
+
+// sendResponse is Send's answer to the tracker's answer (acc, err).
+func (s *Service) sendResponse(ctx context.Context, acc *trackerv1.AcceptResponse, err error) (*gatewayv1.SendResponse, error) {
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opSend, err)
 	}
