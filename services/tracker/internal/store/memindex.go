@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -34,7 +36,7 @@ func entryLess(a, b entry) bool {
 // and checks the durable state before writing.
 type memIndex struct {
 	mu          sync.Mutex
-	due         *btree.BTreeG[entry] // PENDING, by due time
+	due         channelTrees         // PENDING, by channel, then due time
 	leased      *btree.BTreeG[entry] // IN_FLIGHT, by lease expiry
 	unknown     *btree.BTreeG[entry] // UNKNOWN, by when to reconcile
 	reconciling *btree.BTreeG[entry] // UNKNOWN under a reconcile lease, by lease expiry
@@ -45,7 +47,7 @@ type memIndex struct {
 
 func newMemIndex() *memIndex {
 	return &memIndex{
-		due:         btree.NewG(32, entryLess),
+		due:         channelTrees{by: map[string]*btree.BTreeG[entry]{}},
 		leased:      btree.NewG(32, entryLess),
 		unknown:     btree.NewG(32, entryLess),
 		reconciling: btree.NewG(32, entryLess),
@@ -55,8 +57,6 @@ func newMemIndex() *memIndex {
 
 func (x *memIndex) tree(kind byte) *btree.BTreeG[entry] {
 	switch kind {
-	case recoveryDue:
-		return x.due
 	case recoveryLeased:
 		return x.leased
 	case recoveryUnknown:
@@ -91,11 +91,16 @@ func (x *memIndex) apply(changes []change) {
 			}
 			continue
 		}
-		t := x.tree(c.kind)
-		if c.add {
+		switch t := x.tree(c.kind); {
+		case c.kind == recoveryDue && c.add:
+			x.due.insert(c.e)
+			woke = true
+		case c.kind == recoveryDue:
+			x.due.delete(c.e)
+		case c.add:
 			t.ReplaceOrInsert(c.e)
-			woke = woke || c.kind == recoveryDue || c.kind == recoveryUnknown
-		} else {
+			woke = woke || c.kind == recoveryUnknown
+		default:
 			t.Delete(c.e)
 		}
 	}
@@ -121,30 +126,140 @@ func (x *memIndex) take(now int64, max int, slots map[string]uint32, reconcile b
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	used := map[string]uint32{}
-	n := 0
-	from := func(t *btree.BTreeG[entry]) []entry {
-		var out []entry
-		t.Ascend(func(e entry) bool {
-			if e.at > now || n >= max {
+	if reconcile {
+		// Few messages are ever UNKNOWN: one tree, skipping full channels.
+		x.unknown.Ascend(func(e entry) bool {
+			if e.at > now || len(unknown) >= max {
 				return false
 			}
 			if free, limited := slots[e.channel]; limited && used[e.channel] >= free {
 				return true
 			}
 			used[e.channel]++
-			n++
-			out = append(out, e)
+			unknown = append(unknown, e)
 			return true
 		})
-		for _, e := range out {
-			t.Delete(e)
+		for _, e := range unknown {
+			x.unknown.Delete(e)
 		}
-		return out
 	}
-	if reconcile {
-		unknown = from(x.unknown)
+	return unknown, x.due.take(now, max-len(unknown), slots, used)
+}
+
+// ascender walks entries in order: a btree, or channelTrees.
+type ascender interface {
+	Ascend(btree.ItemIteratorG[entry])
+}
+
+// channelTrees holds entries in a tree per channel, each by time. Taking
+// due work then costs what it takes: the backlog of a channel without free
+// slots is not walked, as it would be in one tree ordered by time alone
+// (every Lease under mem.mu, while that channel's backlog is the whole
+// index).
+type channelTrees struct {
+	by map[string]*btree.BTreeG[entry]
+	n  int
+}
+
+func (c *channelTrees) insert(e entry) {
+	t := c.by[e.channel]
+	if t == nil {
+		t = btree.NewG(32, entryLess)
+		c.by[e.channel] = t
 	}
-	return unknown, from(x.due)
+	if _, replaced := t.ReplaceOrInsert(e); !replaced {
+		c.n++
+	}
+}
+
+func (c *channelTrees) delete(e entry) {
+	t := c.by[e.channel]
+	if t == nil {
+		return
+	}
+	if _, ok := t.Delete(e); ok {
+		c.n--
+		if t.Len() == 0 {
+			delete(c.by, e.channel)
+		}
+	}
+}
+
+// Len is the number of entries.
+func (c *channelTrees) Len() int { return c.n }
+
+// Min is the earliest entry of every channel.
+func (c *channelTrees) Min() (entry, bool) {
+	var first entry
+	found := false
+	for _, t := range c.by {
+		if e, ok := t.Min(); ok && (!found || entryLess(e, first)) {
+			first, found = e, true
+		}
+	}
+	return first, found
+}
+
+// Ascend calls fn with every entry, channel by channel in name order, each
+// channel's by time, until fn returns false.
+func (c *channelTrees) Ascend(fn btree.ItemIteratorG[entry]) {
+	for _, ch := range slices.Sorted(maps.Keys(c.by)) {
+		stopped := false
+		c.by[ch].Ascend(func(e entry) bool {
+			stopped = !fn(e)
+			return !stopped
+		})
+		if stopped {
+			return
+		}
+	}
+}
+
+// take removes and returns up to max entries due at now, the earliest
+// first, each channel's at most its free slots (slots minus used; a
+// channel absent from slots is limited by max only). used counts what it
+// takes.
+func (c *channelTrees) take(now int64, max int, slots map[string]uint32, used map[string]uint32) []entry {
+	if max <= 0 {
+		return nil
+	}
+	var out []entry
+	for ch, t := range c.by {
+		limit := max
+		if free, limited := slots[ch]; limited {
+			if used[ch] >= free {
+				continue
+			}
+			limit = min(limit, int(free-used[ch]))
+		}
+		taken := 0
+		t.Ascend(func(e entry) bool {
+			if e.at > now || taken >= limit {
+				return false
+			}
+			out = append(out, e)
+			taken++
+			return true
+		})
+	}
+	if len(out) > max {
+		// More channels had due work than one lease takes: the earliest go.
+		slices.SortFunc(out, func(a, b entry) int {
+			if entryLess(a, b) {
+				return -1
+			}
+			if entryLess(b, a) {
+				return 1
+			}
+			return 0
+		})
+		out = out[:max]
+	}
+	for _, e := range out {
+		used[e.channel]++
+		c.delete(e)
+	}
+	return out
 }
 
 // expired returns up to max entries whose lease expired at or before now:

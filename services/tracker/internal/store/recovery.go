@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/google/btree"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
@@ -55,8 +54,8 @@ func (s *Store) RecoveryPlan(list bool, limit int) (Plan, error) {
 	}
 	s.index.mu.Lock()
 	p.Due, p.InFlight, p.Blocked = s.index.due.Len(), s.index.leased.Len(), s.index.blocked
-	walk := func(t *btree.BTreeG[entry], fn func(entry)) { t.Ascend(func(e entry) bool { fn(e); return true }) }
-	walk(s.index.due, func(e entry) {
+	walk := func(t ascender, fn func(entry)) { t.Ascend(func(e entry) bool { fn(e); return true }) }
+	walk(&s.index.due, func(e entry) {
 		action := "send now"
 		if at := time.Unix(0, e.at); at.After(now) {
 			action = fmt.Sprintf("send at %s (retry backoff)", at.UTC().Format(time.RFC3339))
