@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -172,6 +174,80 @@ func (h *heraldEnv) send(ctx context.Context, callers int, dur time.Duration) (s
 // counts every one of them DELIVERED (durable: the tracker commits the
 // outcome with pebble.Sync before counting it).
 func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, error) {
+	return h.deliverAll(ctx, func() (int, error) {
+		lat, _, err := closedLoop(ctx, h.e.cfg.heraldSenders, dur, func(ctx context.Context, _ int) error {
+			_, err := h.gw.Send(ctx, h.request())
+			return err
+		})
+		return len(lat), err
+	})
+}
+
+// endToEndStream is endToEnd with one SendStream that keeps cfg.window
+// messages unanswered, as the brokers' publishers keep their window of
+// unconfirmed publishes.
+func (h *heraldEnv) endToEndStream(ctx context.Context, dur time.Duration) (sample, error) {
+	return h.deliverAll(ctx, func() (int, error) { return h.stream(ctx, dur) })
+}
+
+// stream sends on one SendStream for dur with at most cfg.window messages
+// unanswered, and returns how many were accepted once all are answered.
+func (h *heraldEnv) stream(ctx context.Context, dur time.Duration) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, dur+h.e.cfg.drainTimeout)
+	defer cancel()
+	st, err := h.gw.SendStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	inFlight := make(chan struct{}, h.e.cfg.window)
+	accepted := 0
+	answered := make(chan error, 1)
+	go func() {
+		for {
+			a, err := st.Recv()
+			if err == io.EOF {
+				answered <- nil
+				return
+			}
+			if err != nil {
+				answered <- fmt.Errorf("SendStream: %w", err)
+				return
+			}
+			if a.GetResponse() == nil {
+				answered <- fmt.Errorf("SendStream: ref %d refused: code %d: %s", a.GetRef(), a.GetCode(), a.GetError())
+				return
+			}
+			accepted++
+			<-inFlight
+		}
+	}()
+	end := time.Now().Add(dur)
+	for ref := uint64(1); time.Now().Before(end); ref++ {
+		select {
+		case inFlight <- struct{}{}:
+		case err := <-answered:
+			if err == nil {
+				err = errors.New("SendStream ended before the sender closed it")
+			}
+			return 0, err
+		}
+		if err := st.Send(&gatewayv1.SendStreamRequest{Ref: ref, Request: h.request()}); err != nil {
+			break // the stream's error comes from Recv
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		return 0, err
+	}
+	if err := <-answered; err != nil {
+		return 0, err
+	}
+	return accepted, nil
+}
+
+// deliverAll runs the queue, empties the backlog (not measured), runs load
+// (which returns how many messages it had accepted) and measures until the
+// tracker counts every one of them DELIVERED.
+func (h *heraldEnv) deliverAll(ctx context.Context, load func() (int, error)) (sample, error) {
 	if err := h.setQueue(true); err != nil {
 		return sample{}, err
 	}
@@ -187,14 +263,11 @@ func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 	pids := h.pids()
 	before := snapshot(pids)
 	start := time.Now()
-	lat, _, err := closedLoop(ctx, h.e.cfg.heraldSenders, dur, func(ctx context.Context, _ int) error {
-		_, err := h.gw.Send(ctx, h.request())
-		return err
-	})
+	sent, err := load()
 	if err != nil {
 		return sample{}, err
 	}
-	want := base + int64(len(lat))
+	want := base + int64(sent)
 	deadline := time.Now().Add(h.e.cfg.drainTimeout)
 	for {
 		st, err := h.gw.Status(ctx, &gatewayv1.StatusRequest{})
@@ -206,7 +279,7 @@ func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 		}
 		if time.Now().After(deadline) {
 			return sample{}, fmt.Errorf("%d of %d messages DELIVERED after %s (counts %v); see %s",
-				st.GetCounts()["DELIVERED"]-base, len(lat), h.e.cfg.drainTimeout, st.GetCounts(), h.log.Name())
+				st.GetCounts()["DELIVERED"]-base, sent, h.e.cfg.drainTimeout, st.GetCounts(), h.log.Name())
 		}
 		if err := sleep(ctx, 20*time.Millisecond); err != nil {
 			return sample{}, err
@@ -214,7 +287,7 @@ func (h *heraldEnv) endToEnd(ctx context.Context, dur time.Duration) (sample, er
 	}
 	elapsed := time.Since(start)
 	after := snapshot(pids)
-	s := sample{ops: len(lat), elapsed: elapsed, rssKiB: peakRSS(pids)}
+	s := sample{ops: sent, elapsed: elapsed, rssKiB: peakRSS(pids)}
 	s.selfCPU, s.srvCPU = since(before, after)
 	return s, nil
 }

@@ -95,7 +95,7 @@ func parse(args []string) (config, error) {
 	fs.DurationVar(&c.probe, "probe", 0, "length of each fsync probe at a round's start and end (default: half of -duration)")
 	fs.DurationVar(&c.warmup, "warmup", 500*time.Millisecond, "an unrecorded round of this length per subject before the first; 0 skips it")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 2*time.Minute, "how long an end-to-end subject may take to empty its backlog")
-	fs.IntVar(&c.window, "window", 256, "end to end: unconfirmed publishes a broker publisher keeps in flight")
+	fs.IntVar(&c.window, "window", 256, "end to end: unconfirmed publishes a broker publisher (and herald's SendStream) keeps in flight")
 	fs.IntVar(&c.prefetch, "prefetch", 256, "end to end: messages a broker consumer may hold unacknowledged")
 	fs.IntVar(&c.brokerConns, "broker-conns", 4, "connections the 64 broker publishers share (RabbitMQ channels, NATS clients)")
 	fs.IntVar(&c.heraldSenders, "herald-senders", 128, "end to end: concurrent herald senders (64-256)")
@@ -373,9 +373,15 @@ func startSubjects(ctx context.Context, e *env, natsBin string, installErr map[s
 				ns.endToEnd,
 			}, closer, nil
 		})
-	heraldGroup := func(name, bin, label, prefix string) {
-		group(name, []string{prefix + "send1", prefix + "send64", prefix + "heraldE2E"},
-			[]string{label + " Send @1", label + " Send @64", fmt.Sprintf("%s end to end (%d senders)", label, cfg.heraldSenders)},
+	// The baseline build may predate SendStream: it runs the unary rows only.
+	heraldGroup := func(name, bin, label, prefix string, streamed bool) {
+		keys := []string{prefix + "send1", prefix + "send64", prefix + "heraldE2E"}
+		names := []string{label + " Send @1", label + " Send @64", fmt.Sprintf("%s end to end (%d senders)", label, cfg.heraldSenders)}
+		if streamed {
+			keys = append(keys, prefix+"heraldE2Es")
+			names = append(names, fmt.Sprintf("%s end to end (SendStream, %d in flight)", label, cfg.window))
+		}
+		group(name, keys, names,
 			func() ([]measure, func(), error) {
 				fmt.Fprintf(log, "starting %s (tracker, plugins, queue, gateway)\n", label)
 				h, err := startHerald(ctx, e, bin, name)
@@ -391,12 +397,13 @@ func startSubjects(ctx context.Context, e *env, natsBin string, installErr map[s
 					func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 1, d) },
 					func(ctx context.Context, d time.Duration) (sample, error) { return h.send(ctx, 64, d) },
 					h.endToEnd,
+					h.endToEndStream,
 				}, closer, nil
 			})
 	}
-	heraldGroup("herald", cfg.bin, "herald", "")
+	heraldGroup("herald", cfg.bin, "herald", "", true)
 	if cfg.baseline != "" {
-		heraldGroup("baseline", cfg.baseline, "baseline herald", "base-")
+		heraldGroup("baseline", cfg.baseline, "baseline herald", "base-", false)
 	}
 	return subs, closeAll
 }
