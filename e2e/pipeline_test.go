@@ -68,30 +68,7 @@ func TestPipelineExactlyOnceInConversationOrder(t *testing.T) {
 	}
 	wg.Wait()
 
-	want := convs * perConv
-	deadline := time.Now().Add(30 * time.Second)
-	for len(host.Deliveries()) < want && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // let any stray duplicate show up
-	got := host.Deliveries()
-	seen := map[string]int{}
-	last := map[string]uint64{}
-	for _, d := range got {
-		seen[d.MessageID]++
-		if d.Sequence <= last[d.Conversation] {
-			t.Errorf("%s: sequence %d delivered after %d", d.Conversation, d.Sequence, last[d.Conversation])
-		}
-		last[d.Conversation] = d.Sequence
-	}
-	for id := range ids {
-		if seen[id] != 1 {
-			t.Errorf("message %s delivered %d times, want 1", id, seen[id])
-		}
-	}
-	if len(got) != want {
-		t.Fatalf("delivered %d, want %d", len(got), want)
-	}
+	waitDeliveredOnceInOrder(t, host, ids)
 	for id := range ids {
 		resp, err := gw.GetMessage(ctx, &gatewayv1.GetMessageRequest{Id: id})
 		if err != nil {
@@ -193,15 +170,24 @@ func TestSendStreamExactlyOnceInConversationOrder(t *testing.T) {
 		ids[resp.GetId()] = true
 	}
 
-	want := convs * perConv
+	waitDeliveredOnceInOrder(t, host, ids)
+}
+
+// waitDeliveredOnceInOrder waits until the adapter has had as many
+// deliveries as ids, then checks that each of ids was delivered exactly
+// once, nothing else was, and every conversation in sequence order.
+func waitDeliveredOnceInOrder(t *testing.T, host *pluginstest.Host, ids map[string]bool) {
+	t.Helper()
+	want := len(ids)
 	deadline := time.Now().Add(30 * time.Second)
 	for len(host.Deliveries()) < want && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // let any stray duplicate show up
+	got := host.Deliveries()
 	seen := map[string]int{}
 	last := map[string]uint64{}
-	for _, d := range host.Deliveries() {
+	for _, d := range got {
 		seen[d.MessageID]++
 		if d.Sequence <= last[d.Conversation] {
 			t.Errorf("%s: sequence %d delivered after %d", d.Conversation, d.Sequence, last[d.Conversation])
@@ -213,8 +199,8 @@ func TestSendStreamExactlyOnceInConversationOrder(t *testing.T) {
 			t.Errorf("message %s delivered %d times, want 1", id, seen[id])
 		}
 	}
-	if len(seen) != want {
-		t.Fatalf("delivered %d messages, want %d", len(seen), want)
+	if len(got) != want {
+		t.Fatalf("delivered %d, want %d", len(got), want)
 	}
 }
 

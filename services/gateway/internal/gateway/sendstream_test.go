@@ -74,6 +74,34 @@ func (g *gatedTracker) waitReceived(t *testing.T, n int) {
 	}
 }
 
+// openSendStream opens a SendStream that ends with the test.
+func openSendStream(t *testing.T, client gatewayv1.GatewayServiceClient) gatewayv1.GatewayService_SendStreamClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	stream, err := client.SendStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+// answersUntilEOF reads answers until the stream ends, which must be OK.
+func answersUntilEOF(t *testing.T, stream gatewayv1.GatewayService_SendStreamClient) []*gatewayv1.SendStreamResponse {
+	t.Helper()
+	var out []*gatewayv1.SendStreamResponse
+	for {
+		a, err := stream.Recv()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("stream ended with %v after %d answers, want OK", err, len(out))
+		}
+		out = append(out, a)
+	}
+}
+
 // streamRequest is a request of a conversation of its own.
 func streamRequest(ref uint64, text string) *gatewayv1.SendStreamRequest {
 	return &gatewayv1.SendStreamRequest{Ref: ref, Request: &gatewayv1.SendRequest{
@@ -87,12 +115,7 @@ func streamRequest(ref uint64, text string) *gatewayv1.SendStreamRequest {
 func TestSendStreamAnswersEachRequestOnceAfterTheTracker(t *testing.T) {
 	tracker := newGatedTracker()
 	_, client := newGateway(t, tracker, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	const n = 50
 	const bad = 7 // ref of an invalid request
 	for ref := uint64(1); ref <= n; ref++ {
@@ -155,12 +178,7 @@ func TestSendStreamKeepsEachConversationInOrder(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(1500)) * time.Microsecond)
 	}}
 	_, client := newGateway(t, tracker, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	const convs, per = 4, 25
 	ref := uint64(0)
 	for i := range per {
@@ -178,19 +196,14 @@ func TestSendStreamKeepsEachConversationInOrder(t *testing.T) {
 		}
 	}
 	_ = stream.CloseSend()
-	answers := 0
-	for {
-		a, err := stream.Recv()
-		if err == io.EOF {
-			break
+	answers := answersUntilEOF(t, stream)
+	for _, a := range answers {
+		if a.GetCode() != 0 {
+			t.Fatalf("answer %v, want accepted", a)
 		}
-		if err != nil || a.GetCode() != 0 {
-			t.Fatalf("answer %v, %v", a, err)
-		}
-		answers++
 	}
-	if answers != convs*per+per {
-		t.Fatalf("%d answers, want %d", answers, convs*per+per)
+	if len(answers) != convs*per+per {
+		t.Fatalf("%d answers, want %d", len(answers), convs*per+per)
 	}
 	next := map[string]int{}
 	for _, m := range tracker.acceptedMessages() {
@@ -208,34 +221,21 @@ func TestSendStreamKeepsEachConversationInOrder(t *testing.T) {
 // stream goes on.
 func TestSendStreamTrackerErrorsAnswerTheRequest(t *testing.T) {
 	_, client := newGateway(t, &fakeTracker{acceptErr: status.Error(codes.ResourceExhausted, "pending limit reached: retry later")}, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	for ref := uint64(1); ref <= 3; ref++ {
 		if err := stream.Send(streamRequest(ref, "x")); err != nil {
 			t.Fatal(err)
 		}
 	}
 	_ = stream.CloseSend()
-	got := 0
-	for {
-		a, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got++
+	answers := answersUntilEOF(t, stream)
+	for _, a := range answers {
 		if codes.Code(a.GetCode()) != codes.ResourceExhausted || a.GetError() != "pending limit reached: retry later" || a.GetResponse() != nil {
 			t.Errorf("answer %v, want RESOURCE_EXHAUSTED with the tracker's message", a)
 		}
 	}
-	if got != 3 {
-		t.Errorf("%d answers, want 3", got)
+	if len(answers) != 3 {
+		t.Errorf("%d answers, want 3", len(answers))
 	}
 }
 
@@ -245,12 +245,7 @@ func TestSendStreamTrackerErrorsAnswerTheRequest(t *testing.T) {
 func TestSendStreamReadsAtMostAWindowAhead(t *testing.T) {
 	tracker := newGatedTracker()
 	_, client := newGateway(t, tracker, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	const extra = 100
 	for ref := uint64(1); ref <= sendStreamWindow+extra; ref++ {
 		if err := stream.Send(streamRequest(ref, "x")); err != nil {
@@ -264,18 +259,7 @@ func TestSendStreamReadsAtMostAWindowAhead(t *testing.T) {
 		t.Fatalf("with every answer held, the tracker received %d items, want the window's %d", received, sendStreamWindow)
 	}
 	close(tracker.release)
-	answered := 0
-	for {
-		_, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		answered++
-	}
-	if answered != sendStreamWindow+extra {
+	if answered := len(answersUntilEOF(t, stream)); answered != sendStreamWindow+extra {
 		t.Errorf("%d answers, want %d", answered, sendStreamWindow+extra)
 	}
 }
@@ -286,12 +270,7 @@ func TestSendStreamReadsAtMostAWindowAhead(t *testing.T) {
 func TestSendStreamDrainAnswersWhatItReadThenEnds(t *testing.T) {
 	tracker := newGatedTracker()
 	svc, client := newGateway(t, tracker, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	for ref := uint64(1); ref <= 5; ref++ {
 		if err := stream.Send(streamRequest(ref, "before")); err != nil {
 			t.Fatal(err)
@@ -332,7 +311,7 @@ func TestSendStreamDrainAnswersWhatItReadThenEnds(t *testing.T) {
 			t.Errorf("message %s was made durable but never answered", id)
 		}
 	}
-	next, err := client.SendStream(ctx)
+	next, err := client.SendStream(context.Background())
 	if err == nil {
 		_, err = next.Recv() // a refusal comes with the first Recv
 	}
@@ -355,12 +334,7 @@ func TestSendStreamTracesEachMessage(t *testing.T) {
 
 	tracker := &streamTracker{}
 	_, client := newGateway(t, tracker, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := client.SendStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := openSendStream(t, client)
 	_, caller := tp.Tracer("test").Start(context.Background(), "caller")
 	carried := caller.SpanContext().TraceID()
 	tp0 := fmt.Sprintf("00-%s-%s-01", carried, caller.SpanContext().SpanID())
@@ -372,14 +346,7 @@ func TestSendStreamTracesEachMessage(t *testing.T) {
 		}
 	}
 	_ = stream.CloseSend()
-	for {
-		if _, err := stream.Recv(); err != nil {
-			if err != io.EOF {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
+	answersUntilEOF(t, stream)
 	tracker.mu.Lock()
 	defer tracker.mu.Unlock()
 	traces := map[string]string{} // text -> trace id
