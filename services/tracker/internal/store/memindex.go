@@ -110,6 +110,13 @@ func (x *memIndex) apply(changes []change) {
 	}
 }
 
+// blockedCount is the number of PENDING messages behind an earlier one.
+func (x *memIndex) blockedCount() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.blocked
+}
+
 // size is the number of entries, every kind together.
 func (x *memIndex) size() int {
 	x.mu.Lock()
@@ -215,8 +222,8 @@ func (c *channelTrees) Ascend(fn btree.ItemIteratorG[entry]) {
 	}
 }
 
-// take removes and returns up to max entries due at now, the earliest
-// first, each channel's at most its free slots (slots minus used; a
+// take removes and returns up to max entries due at now, earliest first,
+// each channel's at most its free slots (slots minus used; a
 // channel absent from slots is limited by max only). used counts what it
 // takes.
 func (c *channelTrees) take(now int64, max int, slots map[string]uint32, used map[string]uint32) []entry {
@@ -242,17 +249,18 @@ func (c *channelTrees) take(now int64, max int, slots map[string]uint32, used ma
 			return true
 		})
 	}
+	// Earliest first across channels (the map's order is random); when
+	// more are due than one lease takes, the earliest go.
+	slices.SortFunc(out, func(a, b entry) int {
+		if entryLess(a, b) {
+			return -1
+		}
+		if entryLess(b, a) {
+			return 1
+		}
+		return 0
+	})
 	if len(out) > max {
-		// More channels had due work than one lease takes: the earliest go.
-		slices.SortFunc(out, func(a, b entry) int {
-			if entryLess(a, b) {
-				return -1
-			}
-			if entryLess(b, a) {
-				return 1
-			}
-			return 0
-		})
 		out = out[:max]
 	}
 	for _, e := range out {

@@ -27,6 +27,8 @@ type txn struct {
 	deliveries map[string]*storev1.Delivery
 	// inactive holds conversation-active keys the batch deleted.
 	inactive map[string]bool
+	// blockedAdded counts the blocked index entries the batch added.
+	blockedAdded int
 }
 
 func (s *Store) newTxn() *txn {
@@ -90,6 +92,9 @@ func (t *txn) setIndex(m *storev1.Message, d *storev1.Delivery) {
 	e := entry{at: at, id: m.GetId(), channel: m.GetChannel(), tenant: m.GetTenant(), conversation: m.GetConversation()}
 	t.b.Set(recoveryKey(kind, at, e.id), recoveryValue(e.channel, e.tenant, e.conversation), nil)
 	t.changes = append(t.changes, change{add: true, kind: kind, e: e})
+	if kind == recoveryBlocked {
+		t.blockedAdded++
+	}
 }
 
 func (t *txn) deleteIndex(m *storev1.Message, d *storev1.Delivery) {
@@ -151,6 +156,15 @@ func (t *txn) leaveConversation(m *storev1.Message) error {
 	key := convSeqEntryKey(prefixConvActive, m.GetTenant(), m.GetConversation(), m.GetSequence())
 	t.b.SingleDelete(key, nil) // set once at Accept (or Redrive): see deleteIndex
 	t.inactive[string(key)] = true
+	// Only a blocked message is ever promoted, and the memory index counts
+	// them. With none indexed and none added by this batch there is none to
+	// promote, and the head need not be read: a scan of the conversation's
+	// active keys at every delivery, which no bloom filter can answer. A
+	// blocked message of this conversation is written and indexed under its
+	// stripe lock, which the caller holds, so the count cannot miss one.
+	if t.blockedAdded == 0 && t.s.index.blockedCount() == 0 {
+		return nil
+	}
 	headID, err := t.head(m.GetTenant(), m.GetConversation())
 	if err != nil || headID == "" {
 		return err
