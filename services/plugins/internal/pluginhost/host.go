@@ -94,6 +94,7 @@ type Host struct {
 	unhealthyAfter uint32
 	reports        sync.WaitGroup
 	calls          atomic.Int64 // provider calls under way
+	workers        *workers     // run each call
 }
 
 // InFlight is the number of provider calls under way.
@@ -137,6 +138,7 @@ func New(channels map[string]Adapter, opts Options) (*Host, error) {
 	if h.lifetime == nil {
 		h.lifetime = context.Background()
 	}
+	h.workers = newWorkers(h.lifetime, workerIdle)
 	if h.logger == nil {
 		h.logger = slog.New(slog.DiscardHandler)
 	}
@@ -274,7 +276,7 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 
 		wg.Add(1)
 		h.calls.Add(1)
-		go func() {
+		h.workers.run(func() {
 			defer wg.Done()
 			var resp *pluginsv1.DeliverResponse
 			if reconcile {
@@ -297,7 +299,7 @@ func (h *Host) Deliver(stream grpc.BidiStreamingServer[pluginsv1.DeliverRequest,
 			if err := stream.Send(resp); err != nil {
 				sendErr = err
 			}
-		}()
+		})
 		return nil
 	}
 
