@@ -153,6 +153,61 @@ func (x *memIndex) take(now int64, max int, slots map[string]uint32, reconcile b
 	return unknown, x.due.take(now, max-len(unknown), slots, used)
 }
 
+// liveMessagesMax bounds the bytes liveMessages holds: 64 MiB keeps about
+// 180,000 messages of 256 bytes of text, more than a backlog the pipeline
+// drains in ten seconds here.
+const liveMessagesMax = 64 << 20
+
+// liveMessages holds the stored form of messages accepted since Open that
+// have not finished, up to liveMessagesMax bytes: leasing and completing
+// them then needs no read. A message record is written once, at Accept, so
+// a copy is never stale; it is added after the accepting batch commits and
+// dropped after the batch that finishes it. Messages pending at Open, and
+// those accepted while the set is full, are read from Pebble.
+type liveMessages struct {
+	mu    sync.Mutex
+	m     map[string][]byte
+	bytes int
+	max   int // liveMessagesMax
+}
+
+func (l *liveMessages) get(id string) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.m[id]
+	return v, ok
+}
+
+// update adds the accepted messages while there is room, then drops the
+// finished ones (a message may be both, as when a chunk of an aborted
+// reply is accepted).
+func (l *liveMessages) update(accepted map[string][]byte, finished []string) {
+	if len(accepted) == 0 && len(finished) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, v := range accepted {
+		if l.bytes+len(v) > l.max {
+			break
+		}
+		l.m[id] = v
+		l.bytes += len(v)
+	}
+	for _, id := range finished {
+		if v, ok := l.m[id]; ok {
+			l.bytes -= len(v)
+			delete(l.m, id)
+		}
+	}
+}
+
+func (l *liveMessages) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}
+
 // ascender walks entries in order: a btree, or channelTrees.
 type ascender interface {
 	Ascend(btree.ItemIteratorG[entry])

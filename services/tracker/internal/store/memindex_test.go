@@ -4,6 +4,12 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
 
 func dueEntry(channel string, at int64) entry {
@@ -89,5 +95,69 @@ func BenchmarkTakeBesideAFullChannel(b *testing.B) {
 			b.Fatalf("took %d, want 16", len(got))
 		}
 		addDue(x, got...)
+	}
+}
+
+// The store keeps the accepted, unfinished messages' records in memory,
+// identical to what it stored, and drops each when it finishes: delivered,
+// aborted, or accepted straight into a final state.
+func TestLiveMessagesFollowPendingWork(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	var ids []string
+	for i := range 5 {
+		m := newMessage(fmt.Sprint("conv-", i))
+		m.Metadata = map[string]string{"k": fmt.Sprint(i)}
+		if _, err := s.Accept(m); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, m.GetId())
+	}
+	if n := s.live.len(); n != 5 {
+		t.Fatalf("%d live messages after 5 accepts, want 5", n)
+	}
+	for _, id := range ids {
+		got, err := s.getMessage(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := &storev1.Message{}
+		if ok, err := s.getProto(messageKey(id), stored); !ok || err != nil {
+			t.Fatalf("read %s from Pebble: %v %v", id, ok, err)
+		}
+		if !proto.Equal(got, stored) {
+			t.Fatalf("live message %v differs from the stored %v", got, stored)
+		}
+	}
+	leased, err := s.Lease("w", 3, time.Minute, nil, false)
+	if err != nil || len(leased) != 3 {
+		t.Fatalf("Lease = %d, %v", len(leased), err)
+	}
+	outs := make([]Outcome, len(leased))
+	for i, l := range leased {
+		outs[i] = Outcome{MessageID: l.Message.GetId(), LeaseToken: l.Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p"}
+	}
+	if _, err := s.Complete(outs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Abort(ids[4], "test"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.live.len(); n != 1 {
+		t.Fatalf("%d live messages after 3 delivered and 1 aborted of 5, want 1", n)
+	}
+}
+
+// The live messages never hold more than their byte bound; what does not
+// fit is read from Pebble.
+func TestLiveMessagesStayWithinTheirBound(t *testing.T) {
+	l := liveMessages{m: map[string][]byte{}, max: 10}
+	l.update(map[string][]byte{"a": make([]byte, 4), "b": make([]byte, 4), "c": make([]byte, 4)}, nil)
+	if l.bytes > 10 || l.len() != 2 {
+		t.Fatalf("%d messages, %d bytes; want 2 within 10", l.len(), l.bytes)
+	}
+	l.update(nil, []string{"a", "b", "c"})
+	if l.bytes != 0 || l.len() != 0 {
+		t.Fatalf("%d messages, %d bytes after all finished; want none", l.len(), l.bytes)
 	}
 }

@@ -138,7 +138,12 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
 	} else {
 		d.DueUnixNano = t.now
 	}
-	t.b.Set(messageKey(m.Id), mustMarshal(m), nil)
+	stored := mustMarshal(m)
+	t.b.Set(messageKey(m.Id), stored, nil)
+	if t.accepted == nil {
+		t.accepted = map[string][]byte{}
+	}
+	t.accepted[m.Id] = stored
 	t.insert(m, d)
 	if m.IdempotencyKey != "" {
 		t.b.Set(idempotencyKey(m.Tenant, m.IdempotencyKey), []byte(m.Id), nil)

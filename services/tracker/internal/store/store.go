@@ -123,6 +123,9 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
+	// live holds the stored form of every message accepted since Open that
+	// has not finished, so that leasing and completing it need no read.
+	live liveMessages
 	// newest is the greatest message id stored or being accepted: an
 	// Accept of a greater id, under the id's stripe lock, knows without a
 	// lookup that no message has it (see claimNewest).
@@ -216,6 +219,7 @@ func Open(dir string, o Options) (*Store, error) {
 		max:    o.MaxPending,
 		seed:   maphash.MakeSeed(),
 		index:  newMemIndex(),
+		live:   liveMessages{m: map[string][]byte{}, max: liveMessagesMax},
 		damage: damage,
 
 		reconcileGrace:    o.ReconcileGrace,
@@ -431,6 +435,12 @@ func decodeProto(key, v []byte, m proto.Message) error {
 
 func (s *Store) getMessage(id string) (*storev1.Message, error) {
 	m := &storev1.Message{}
+	if v, ok := s.live.get(id); ok {
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("decode message %s: %w", id, err)
+		}
+		return m, nil
+	}
 	ok, err := s.getProto(messageKey(id), m)
 	if err != nil {
 		return nil, fmt.Errorf("read message %s: %w", id, err)

@@ -29,6 +29,11 @@ type txn struct {
 	inactive map[string]bool
 	// blockedAdded counts the blocked index entries the batch added.
 	blockedAdded int
+	// accepted and finished are the messages the batch accepts (their
+	// stored form, by id) and those it moves to a terminal state: the
+	// store's live messages change by them after the commit.
+	accepted map[string][]byte
+	finished []string
 }
 
 func (s *Store) newTxn() *txn {
@@ -145,6 +150,7 @@ func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error 
 		t.b.Set(deadLetterKey(t.now, id), nil, nil)
 	}
 	if IsTerminal(next.GetState()) && !IsTerminal(old.GetState()) {
+		t.finished = append(t.finished, id)
 		return t.leaveConversation(m)
 	}
 	return nil
@@ -252,6 +258,7 @@ func (t *txn) commit() {
 	t.s.commit(t.b)
 	t.s.events.publish(first, len(t.events))
 	t.s.index.apply(t.changes)
+	t.s.live.update(t.accepted, t.finished)
 }
 
 func (t *txn) close() { t.b.Close() }
