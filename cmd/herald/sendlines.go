@@ -122,6 +122,8 @@ func (a *app) sendLines(ctx context.Context, in io.Reader, defaults *gatewayv1.S
 			break
 		}
 		if err := report(out); err != nil {
+			cancel()
+			<-done // the reader reports too: let it stop first
 			return err
 		}
 	}

@@ -68,8 +68,9 @@ const (
 type acceptCall struct {
 	ctx context.Context
 	req *trackerv1.AcceptRequest
-	// done receives the answer, once. It is called with a.mu held, so it
-	// must not block nor call back into the accepter.
+	// done receives the answer, once. It may be called with a.mu held, so
+	// it must not block nor call back into the accepter, and should do no
+	// more than hand the answer on.
 	done func(acceptAnswer)
 }
 

@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -82,7 +81,6 @@ type Service struct {
 	metrics       *Metrics
 	accepter      *accepter
 
-	draining  atomic.Bool
 	drainOnce sync.Once
 	drained   chan struct{} // closed by Drain
 }
@@ -128,21 +126,25 @@ func New(cfg Config) (*Service, error) {
 // Drain makes the Service refuse every new call with UNAVAILABLE. Calls
 // already running finish normally. It cannot be undone: a draining gateway is
 // on its way out.
-func (s *Service) Drain() {
-	s.draining.Store(true)
-	s.drainOnce.Do(func() { close(s.drained) })
-}
+func (s *Service) Drain() { s.drainOnce.Do(func() { close(s.drained) }) }
 
 // Close ends the gateway's stream to the tracker. Call it after the gRPC
 // server has stopped: Sends still running would fail.
 func (s *Service) Close() { s.accepter.close() }
 
 // Draining reports whether Drain was called.
-func (s *Service) Draining() bool { return s.draining.Load() }
+func (s *Service) Draining() bool {
+	select {
+	case <-s.drained:
+		return true
+	default:
+		return false
+	}
+}
 
 // admit refuses a new call once the gateway is draining.
 func (s *Service) admit() error {
-	if s.draining.Load() {
+	if s.Draining() {
 		return status.Error(codes.Unavailable, msgDraining)
 	}
 	return nil

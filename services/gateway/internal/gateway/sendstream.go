@@ -81,20 +81,24 @@ type sendStream struct {
 	convs map[string][]*streamSend
 }
 
-// streamSend is one valid request on its way to the tracker.
+// streamSend is one request read: valid ones go to the tracker.
 type streamSend struct {
-	ref   uint64
-	conv  string // tenant and conversation
-	req   *trackerv1.AcceptRequest
-	start time.Time
-	span  trace.Span
+	ref     uint64
+	channel string
+	conv    string // tenant and conversation; "" when refused before it went
+	req     *trackerv1.AcceptRequest
+	start   time.Time
+	span    trace.Span
 }
 
-// streamAnswer is one answer for the writer; conv names the conversation
-// whose next message may go now ("" for a request refused before it went).
+// streamAnswer is what became of one request: the tracker's answer, or
+// refused when the gateway refused it before it went. The writer turns it
+// into the caller's answer, so that the accepter's callback, which may run
+// under the accepter's lock, only hands it on.
 type streamAnswer struct {
-	out  *gatewayv1.SendStreamResponse
-	conv string
+	m       *streamSend
+	acc     acceptAnswer
+	refused error
 }
 
 // receive reads requests until the caller closes its side, the stream
@@ -137,12 +141,12 @@ func (ss *sendStream) receive() {
 // unanswered message of its conversation, or answers it at once when it is
 // invalid.
 func (ss *sendStream) submit(in *gatewayv1.SendStreamRequest) {
-	m := &streamSend{ref: in.GetRef(), start: time.Now()}
+	m := &streamSend{ref: in.GetRef(), channel: in.GetRequest().GetChannel(), start: time.Now()}
 	var traceCtx context.Context
 	traceCtx, m.span = ss.startSpan(in)
 	areq, err := ss.s.acceptRequest(traceCtx, in.GetRequest())
 	if err != nil {
-		ss.answers <- ss.finish(m, in.GetRequest().GetChannel(), nil, err)
+		ss.answers <- streamAnswer{m: m, refused: err}
 		return
 	}
 	m.req = areq
@@ -161,14 +165,19 @@ func (ss *sendStream) submit(in *gatewayv1.SendStreamRequest) {
 // accept hands m to the accepter; its answer goes to the writer.
 func (ss *sendStream) accept(m *streamSend) {
 	ss.s.accepter.acceptAsync(ss.ctx, m.req, func(ans acceptAnswer) {
-		resp, err := ss.s.sendResponse(ss.ctx, ans.resp, ans.err)
-		ss.answers <- ss.finish(m, m.req.GetMessage().GetChannel(), resp, err)
+		ss.answers <- streamAnswer{m: m, acc: ans}
 	})
 }
 
-// finish ends m's span, counts it and builds its answer.
-func (ss *sendStream) finish(m *streamSend, channel string, resp *gatewayv1.SendResponse, err error) streamAnswer {
-	ss.s.metrics.observeSend(m.start, channel, resp, err)
+// finish builds the caller's answer to a, counts it and ends its span.
+func (ss *sendStream) finish(a streamAnswer) *gatewayv1.SendStreamResponse {
+	m := a.m
+	var resp *gatewayv1.SendResponse
+	err := a.refused
+	if err == nil {
+		resp, err = ss.s.sendResponse(ss.ctx, a.acc.resp, a.acc.err)
+	}
+	ss.s.metrics.observeSend(m.start, m.channel, resp, err)
 	out := &gatewayv1.SendStreamResponse{Ref: m.ref, Response: resp}
 	if err != nil {
 		st := status.Convert(err)
@@ -176,7 +185,7 @@ func (ss *sendStream) finish(m *streamSend, channel string, resp *gatewayv1.Send
 		m.span.SetStatus(codes.Error, st.Code().String())
 	}
 	m.span.End()
-	return streamAnswer{out: out, conv: m.conv}
+	return out
 }
 
 // next hands on the message that waits behind conv's answered one.
@@ -224,14 +233,14 @@ func (ss *sendStream) answer() error {
 	for {
 		select {
 		case a := <-ss.answers:
-			if err := ss.stream.Send(a.out); err != nil {
+			if err := ss.stream.Send(ss.finish(a)); err != nil {
 				ss.close()
 				return err
 			}
 			<-ss.slots
 			answered++
-			if a.conv != "" {
-				ss.next(a.conv)
+			if a.m.conv != "" {
+				ss.next(a.m.conv)
 			}
 		case <-received:
 			received = nil

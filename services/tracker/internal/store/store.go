@@ -123,8 +123,9 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
-	// live holds the stored form of every message accepted since Open that
-	// has not finished, so that leasing and completing it need no read.
+	// live holds the stored form of messages accepted since Open that have
+	// not finished (up to liveMessagesMax bytes), so that leasing and
+	// completing them need no read.
 	live liveMessages
 	// newest is the greatest message id stored or being accepted: an
 	// Accept of a greater id, under the id's stripe lock, knows without a
@@ -435,13 +436,14 @@ func decodeProto(key, v []byte, m proto.Message) error {
 
 func (s *Store) getMessage(id string) (*storev1.Message, error) {
 	m := &storev1.Message{}
-	if v, ok := s.live.get(id); ok {
-		if err := proto.Unmarshal(v, m); err != nil {
-			return nil, fmt.Errorf("decode message %s: %w", id, err)
-		}
-		return m, nil
+	key := messageKey(id)
+	var ok bool
+	var err error
+	if v, live := s.live.get(id); live {
+		ok, err = true, decodeProto(key, v, m)
+	} else {
+		ok, err = s.getProto(key, m)
 	}
-	ok, err := s.getProto(messageKey(id), m)
 	if err != nil {
 		return nil, fmt.Errorf("read message %s: %w", id, err)
 	}
