@@ -159,44 +159,76 @@ func (x *memIndex) take(now int64, max int, slots map[string]uint32, reconcile b
 const liveMessagesMax = 64 << 20
 
 // liveMessages holds the stored form of messages accepted since Open that
-// have not finished, up to liveMessagesMax bytes: leasing and completing
-// them then needs no read. A message record is written once, at Accept, so
-// a copy is never stale; it is added after the accepting batch commits and
-// dropped after the batch that finishes it. Messages pending at Open, and
-// those accepted while the set is full, are read from Pebble.
+// have not finished, and of their delivery records, up to liveMessagesMax
+// bytes: leasing and completing them then reads nothing from Pebble. A
+// message record is written once, at Accept; a delivery record is rewritten
+// by every transition, and the copy here is replaced after the batch that
+// wrote it commits, under the conversation's stripe lock that every
+// transition of the message holds, so a transition never reads a stale
+// copy. A message enters after the accepting batch commits and leaves after
+// the batch that finishes it. Messages pending at Open, those accepted while
+// the set is full and those a grown delivery record pushed out are read
+// from Pebble.
 type liveMessages struct {
 	mu    sync.Mutex
-	m     map[string][]byte
+	m     map[string]liveMessage
 	bytes int
 	max   int // liveMessagesMax
 }
 
-func (l *liveMessages) get(id string) ([]byte, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v, ok := l.m[id]
-	return v, ok
+// liveMessage is one message's records as stored.
+type liveMessage struct {
+	message, delivery []byte
 }
 
-// update adds the accepted messages while there is room, then drops the
-// finished ones (a message may be both, as when a chunk of an aborted
-// reply is accepted).
-func (l *liveMessages) update(accepted map[string][]byte, finished []string) {
-	if len(accepted) == 0 && len(finished) == 0 {
+func (e liveMessage) size() int { return len(e.message) + len(e.delivery) }
+
+func newLiveMessages(max int) liveMessages {
+	return liveMessages{m: map[string]liveMessage{}, max: max}
+}
+
+func (l *liveMessages) get(id string) (liveMessage, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.m[id]
+	return e, ok
+}
+
+// update applies one committed batch: it adds the accepted messages (with
+// their deliveries) while there is room, replaces the delivery records the
+// batch rewrote, then drops the finished messages (a message may be all
+// three, as when a chunk of an aborted reply is accepted).
+func (l *liveMessages) update(accepted, deliveries map[string][]byte, finished []string) {
+	if len(accepted) == 0 && len(deliveries) == 0 && len(finished) == 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for id, v := range accepted {
-		if l.bytes+len(v) > l.max {
-			break
+		e := liveMessage{message: v, delivery: deliveries[id]}
+		if e.delivery == nil || l.bytes+e.size() > l.max {
+			continue
 		}
-		l.m[id] = v
-		l.bytes += len(v)
+		l.m[id] = e
+		l.bytes += e.size()
+	}
+	for id, v := range deliveries {
+		e, ok := l.m[id]
+		if !ok {
+			continue
+		}
+		l.bytes -= e.size()
+		e.delivery = v
+		if l.bytes+e.size() > l.max {
+			delete(l.m, id) // read from Pebble from now on
+			continue
+		}
+		l.m[id] = e
+		l.bytes += e.size()
 	}
 	for _, id := range finished {
-		if v, ok := l.m[id]; ok {
-			l.bytes -= len(v)
+		if e, ok := l.m[id]; ok {
+			l.bytes -= e.size()
 			delete(l.m, id)
 		}
 	}

@@ -148,15 +148,94 @@ func TestLiveMessagesFollowPendingWork(t *testing.T) {
 	}
 }
 
-// The live messages never hold more than their byte bound; what does not
-// fit is read from Pebble.
-func TestLiveMessagesStayWithinTheirBound(t *testing.T) {
-	l := liveMessages{m: map[string][]byte{}, max: 10}
-	l.update(map[string][]byte{"a": make([]byte, 4), "b": make([]byte, 4), "c": make([]byte, 4)}, nil)
-	if l.bytes > 10 || l.len() != 2 {
-		t.Fatalf("%d messages, %d bytes; want 2 within 10", l.len(), l.bytes)
+// Every transition replaces the live copy of the delivery record: what a
+// transition reads from the live set is what Pebble holds, through a
+// promotion inside another message's batch, retries, an UNKNOWN outcome, a
+// dead letter, an abort and expired leases.
+func TestLiveDeliveriesFollowEveryTransition(t *testing.T) {
+	c := newClock()
+	s := openTest(t, vfs.NewMem(), c, PolicyRedeliver)
+	defer s.Close()
+	check := func(step string) {
+		t.Helper()
+		s.live.mu.Lock()
+		defer s.live.mu.Unlock()
+		for id, e := range s.live.m {
+			live, stored := &storev1.Delivery{}, &storev1.Delivery{}
+			if err := proto.Unmarshal(e.delivery, live); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := s.getProto(deliveryKey(id), stored); !ok || err != nil {
+				t.Fatalf("%s: read %s from Pebble: %v %v", step, id, ok, err)
+			}
+			if !proto.Equal(live, stored) {
+				t.Fatalf("%s: live delivery of %s is\n%v\nPebble holds\n%v", step, id, live, stored)
+			}
+		}
 	}
-	l.update(nil, []string{"a", "b", "c"})
+	a1, a2 := newMessage("a"), newMessage("a")
+	for _, m := range []*storev1.Message{a1, a2, newMessage("b"), newMessage("c"), newMessage("d")} {
+		mustAccept(t, s, m)
+	}
+	check("accepted")
+	leased := leaseIDs(t, s, 10)
+	if len(leased) != 4 {
+		t.Fatalf("leased %d, want 4 (a's second message waits)", len(leased))
+	}
+	check("leased")
+	results := []Result{ResultDelivered, ResultRetry, ResultUnknown, ResultFailed}
+	outs := make([]Outcome, len(leased))
+	for i, l := range leased {
+		outs[i] = Outcome{MessageID: l.Message.Id, LeaseToken: l.Delivery.LeaseToken, Result: results[i], ProviderMessageID: "p", RetryAt: c.Now().Add(time.Second), ErrorCode: "PLG_001"}
+	}
+	if leased[0].Message.Id != a1.Id {
+		t.Fatalf("first leased %s, want a's first message", leased[0].Message.Id)
+	}
+	if _, err := s.Complete(outs); err != nil {
+		t.Fatal(err)
+	}
+	check("completed: delivered (promoting a's second), retry, unknown, failed")
+	c.Advance(2 * time.Second)
+	if again := leaseIDs(t, s, 10); len(again) < 2 {
+		t.Fatalf("leased %d after the retry time, want a's second message and the retry", len(again))
+	}
+	check("leased again")
+	if _, err := s.Abort(a2.Id, "test"); err != nil {
+		t.Fatal(err)
+	}
+	check("abort requested in flight")
+	c.Advance(time.Minute)
+	if _, err := s.ExpireLeases(10); err != nil {
+		t.Fatal(err)
+	}
+	check("leases expired")
+	if s.live.len() == 0 {
+		t.Fatal("no live messages left to compare")
+	}
+}
+
+// The live messages never hold more than their byte bound; what does not
+// fit, or grows past it, is read from Pebble.
+func TestLiveMessagesStayWithinTheirBound(t *testing.T) {
+	l := newLiveMessages(16)
+	four, two := make([]byte, 4), make([]byte, 2)
+	l.update(map[string][]byte{"a": four, "b": four, "c": four}, map[string][]byte{"a": four, "b": four, "c": four}, nil)
+	if l.bytes > 16 || l.len() != 2 {
+		t.Fatalf("%d messages, %d bytes; want 2 within 16", l.len(), l.bytes)
+	}
+	in := ""
+	for id := range l.m {
+		in = id
+	}
+	l.update(nil, map[string][]byte{in: two}, nil)
+	if l.bytes != 14 || l.len() != 2 {
+		t.Fatalf("%d messages, %d bytes after a delivery shrank; want 2 in 14", l.len(), l.bytes)
+	}
+	l.update(nil, map[string][]byte{in: make([]byte, 9)}, nil)
+	if l.bytes > 16 || l.len() != 1 {
+		t.Fatalf("%d messages, %d bytes after a delivery grew past the bound; want 1 within 16", l.len(), l.bytes)
+	}
+	l.update(nil, nil, []string{"a", "b", "c"})
 	if l.bytes != 0 || l.len() != 0 {
 		t.Fatalf("%d messages, %d bytes after all finished; want none", l.len(), l.bytes)
 	}

@@ -232,7 +232,7 @@ func Open(dir string, o Options) (*Store, error) {
 		max:    o.MaxPending,
 		seed:   maphash.MakeSeed(),
 		index:  newMemIndex(),
-		live:   liveMessages{m: map[string][]byte{}, max: liveMessagesMax},
+		live:   newLiveMessages(liveMessagesMax),
 		damage: damage,
 
 		reconcileGrace:    o.ReconcileGrace,
@@ -448,33 +448,38 @@ func decodeProto(key, v []byte, m proto.Message) error {
 
 func (s *Store) getMessage(id string) (*storev1.Message, error) {
 	m := &storev1.Message{}
-	key := messageKey(id)
-	var ok bool
-	var err error
-	if v, live := s.live.get(id); live {
-		ok, err = true, decodeProto(key, v, m)
-	} else {
-		ok, err = s.getProto(key, m)
-	}
-	if err != nil {
+	if err := s.getRecord(messageKey(id), id, func(e liveMessage) []byte { return e.message }, m); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, ErrNotFound
+		}
 		return nil, fmt.Errorf("read message %s: %w", id, err)
-	}
-	if !ok {
-		return nil, ErrNotFound
 	}
 	return m, nil
 }
 
 func (s *Store) getDelivery(id string) (*storev1.Delivery, error) {
 	d := &storev1.Delivery{}
-	ok, err := s.getProto(deliveryKey(id), d)
-	if err != nil {
+	if err := s.getRecord(deliveryKey(id), id, func(e liveMessage) []byte { return e.delivery }, d); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, ErrNotFound
+		}
 		return nil, fmt.Errorf("read delivery %s: %w", id, err)
 	}
-	if !ok {
-		return nil, ErrNotFound
-	}
 	return d, nil
+}
+
+// getRecord decodes one of message id's records into m: field's part of the
+// live set's copy, or the stored value of key. Each read decodes a fresh
+// copy. It returns ErrNotFound when the key is absent.
+func (s *Store) getRecord(key []byte, id string, field func(liveMessage) []byte, m proto.Message) error {
+	if e, live := s.live.get(id); live {
+		return decodeProto(key, field(e), m)
+	}
+	ok, err := s.getProto(key, m)
+	if err == nil && !ok {
+		err = ErrNotFound
+	}
+	return err
 }
 
 func mustMarshal(m proto.Message) []byte {

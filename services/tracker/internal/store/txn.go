@@ -34,6 +34,9 @@ type txn struct {
 	// store's live messages change by them after the commit.
 	accepted map[string][]byte
 	finished []string
+	// written holds each delivery record the batch writes, as stored (the
+	// last write of a message wins).
+	written map[string][]byte
 }
 
 func (s *Store) newTxn() *txn {
@@ -44,6 +47,7 @@ func (s *Store) newTxn() *txn {
 		counts:     map[storev1.State]int64{},
 		deliveries: map[string]*storev1.Delivery{},
 		inactive:   map[string]bool{},
+		written:    map[string][]byte{},
 	}
 }
 
@@ -121,10 +125,16 @@ func (t *txn) deleteIndex(m *storev1.Message, d *storev1.Delivery) {
 // insert writes a new message's delivery (Accept).
 func (t *txn) insert(m *storev1.Message, d *storev1.Delivery) {
 	d.UpdatedUnixNano = t.now
-	t.b.Set(deliveryKey(m.GetId()), mustMarshal(d), nil)
-	t.deliveries[m.GetId()] = d
+	t.setDelivery(m.GetId(), d)
 	t.setIndex(m, d)
 	t.counts[d.GetState()]++
+}
+
+func (t *txn) setDelivery(id string, d *storev1.Delivery) {
+	v := mustMarshal(d)
+	t.b.Set(deliveryKey(id), v, nil)
+	t.deliveries[id] = d
+	t.written[id] = v
 }
 
 // transition moves m from old to next: the delivery record, its recovery-
@@ -134,8 +144,7 @@ func (t *txn) insert(m *storev1.Message, d *storev1.Delivery) {
 func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error {
 	next.UpdatedUnixNano = t.now
 	id := m.GetId()
-	t.b.Set(deliveryKey(id), mustMarshal(next), nil)
-	t.deliveries[id] = next
+	t.setDelivery(id, next)
 	oldKind, oldAt, oldIn := indexPlace(old)
 	newKind, newAt, newIn := indexPlace(next)
 	if !oldIn || !newIn || oldKind != newKind || oldAt != newAt {
@@ -258,7 +267,7 @@ func (t *txn) commit() {
 	t.s.commit(t.b)
 	t.s.events.publish(first, len(t.events))
 	t.s.index.apply(t.changes)
-	t.s.live.update(t.accepted, t.finished)
+	t.s.live.update(t.accepted, t.written, t.finished)
 }
 
 func (t *txn) close() { t.b.Close() }
