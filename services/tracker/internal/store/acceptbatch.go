@@ -1,6 +1,13 @@
 package store
 
 import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
 
@@ -78,6 +85,16 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 	stripes = s.lock(stripes)
 	defer s.unlock(stripes)
 
+	var known *roundReads
+	if len(round) >= roundReadsMin {
+		var err error
+		if known, err = s.readRound(msgs, round); err != nil {
+			for _, i := range round {
+				errs[i] = err
+			}
+			return
+		}
+	}
 	t := s.newTxn()
 	defer t.close()
 	added := 0
@@ -91,7 +108,7 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 			errs[i] = s.full()
 			continue
 		}
-		a, err := t.accept(m, nil)
+		a, err := t.accept(m, nil, known)
 		if err != nil {
 			errs[i] = err
 			continue
@@ -102,4 +119,79 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 	if added > 0 {
 		t.commit()
 	}
+}
+
+// roundReadsMin is the smallest round whose lookups readRound makes: below
+// it, point lookups cost less than an iterator's setup.
+const roundReadsMin = 4
+
+// roundReads is what the Accepts of one round read before writing, looked
+// up for the whole round at once: each conversation's last sequence and
+// which of the round's ids are stored already.
+type roundReads struct {
+	lastSeq map[string]uint64 // by convSeqKey; absent: a new conversation
+	exists  map[string]bool   // by message id; absent: not stored
+}
+
+// readRound looks up the round's conversation sequences and ids, with one
+// iterator per key family, seeking in key order. Nearly every one of these
+// keys is absent (a new conversation; an id never stored), and a point
+// lookup of an absent key opens an iterator on every table whose range
+// holds it (one per L0 sublevel, then one per level) before their bloom
+// filters can answer: the largest cost of an Accept once L0 holds many
+// sublevels. One iterator opens each table once for the whole round. The
+// caller holds the round's stripe locks, so what it reads stays true until
+// the round commits.
+func (s *Store) readRound(msgs []*storev1.Message, round []int) (*roundReads, error) {
+	r := &roundReads{lastSeq: make(map[string]uint64, len(round)), exists: map[string]bool{}}
+	convs := make([][]byte, 0, len(round))
+	var ids [][]byte
+	for _, i := range round {
+		m := msgs[i]
+		convs = append(convs, convSeqKey(m.Tenant, m.Conversation))
+		if !s.claimNewest(m.Id) { // an id newer than every stored one needs no lookup
+			ids = append(ids, messageKey(m.Id))
+		}
+	}
+	err := s.seekEach(prefixConvSeq, convs, func(k, v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("read conversation sequence: %d bytes", len(v))
+		}
+		r.lastSeq[string(k)] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	if err == nil {
+		err = s.seekEach(prefixMessage, ids, func(k, _ []byte) error {
+			r.exists[string(k[1:])] = true
+			return nil
+		})
+	}
+	return r, err
+}
+
+// seekEach calls found for each of keys (all under prefix) that the store
+// holds, seeking one iterator in key order.
+func (s *Store) seekEach(prefix byte, keys [][]byte, found func(k, v []byte) error) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for _, k := range keys {
+		if !it.SeekPrefixGE(k) || !bytes.Equal(it.Key(), k) {
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		if err := found(k, v); err != nil {
+			return err
+		}
+	}
+	return it.Error()
 }

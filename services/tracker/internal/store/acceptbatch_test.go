@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
@@ -62,6 +63,56 @@ func TestAcceptBatchIsAcceptManyTimesOver(t *testing.T) {
 	}
 	if !errors.Is(errs[3], ErrInvalid) {
 		t.Fatalf("invalid message: %v, want ErrInvalid", errs[3])
+	}
+	if r := s.Verify(true); len(r.Problems) > 0 {
+		t.Fatalf("verify: %v", r.Problems)
+	}
+}
+
+// TestAcceptBatchReadsWhatAcceptWould: a round's lookups, made for the
+// whole round at once, find what is stored, in memory or in tables:
+// conversations continue their sequences and a stored id is refused, beside
+// new conversations and new ids in the same round.
+func TestAcceptBatchReadsWhatAcceptWould(t *testing.T) {
+	s := openTest(t, vfs.NewMem(), newClock(), PolicyFail)
+	defer s.Close()
+	old := []*storev1.Message{newMessage("old-0"), newMessage("old-1"), newMessage("old-2")}
+	stored := map[string]bool{}
+	for _, m := range old {
+		mustAccept(t, s, m)
+		stored[m.Id] = true
+	}
+	mustAccept(t, s, newMessage("old-1")) // old-1 is at sequence 2
+	for _, flushed := range []bool{false, true} {
+		if flushed {
+			if err := s.db.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var batch []*storev1.Message
+		want := map[int]uint64{}
+		for i := range 6 {
+			batch = append(batch, newMessage(fmt.Sprint("new-", flushed, i)))
+			want[len(batch)-1] = 1
+		}
+		batch = append(batch, newMessage("old-0"), newMessage("old-1"))
+		before := map[string]uint64{"old-0": 1, "old-1": 2}
+		if flushed {
+			before = map[string]uint64{"old-0": 2, "old-1": 3}
+		}
+		want[6], want[7] = before["old-0"]+1, before["old-1"]+1
+		again := proto.CloneOf(old[2])
+		again.Conversation = fmt.Sprint("elsewhere-", flushed)
+		batch = append(batch, again)
+		res, errs := s.AcceptBatch(batch)
+		for i, seq := range want {
+			if errs[i] != nil || res[i].Message.GetSequence() != seq {
+				t.Fatalf("flushed=%v: message %d of %s: sequence %d, %v; want %d", flushed, i, batch[i].Conversation, res[i].Message.GetSequence(), errs[i], seq)
+			}
+		}
+		if !errors.Is(errs[8], ErrExists) {
+			t.Fatalf("flushed=%v: a stored id accepted again: %v, want ErrExists", flushed, errs[8])
+		}
 	}
 	if r := s.Verify(true); len(r.Problems) > 0 {
 		t.Fatalf("verify: %v", r.Problems)

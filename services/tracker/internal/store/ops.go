@@ -94,7 +94,7 @@ func (s *Store) acceptLocked(m *storev1.Message, extra func(t *txn)) (Accepted, 
 	}
 	t := s.newTxn()
 	defer t.close()
-	a, err := t.accept(m, extra)
+	a, err := t.accept(m, extra, nil)
 	if err != nil {
 		return Accepted{}, err
 	}
@@ -109,19 +109,29 @@ func (s *Store) full() error {
 // accept adds a new message to the batch: it reads what it needs first and
 // writes nothing when it fails. The message's conversation must not have
 // another message in the batch (its sequence and head are read from the
-// store), and the caller holds the id's stripe (claimNewest).
-func (t *txn) accept(m *storev1.Message, extra func(t *txn)) (Accepted, error) {
+// store), and the caller holds the id's stripe (claimNewest). known, when
+// not nil, holds the round's lookups (readRound), made under the same locks.
+func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) (Accepted, error) {
 	s := t.s
-	if !s.claimNewest(m.Id) { // an id newer than every stored one needs no lookup
+	exists := false
+	if known != nil {
+		exists = known.exists[m.Id]
+	} else if !s.claimNewest(m.Id) { // an id newer than every stored one needs no lookup
 		if _, closer, err := s.db.Get(messageKey(m.Id)); err == nil {
 			closer.Close()
-			return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
+			exists = true
 		} else if !errors.Is(err, pebble.ErrNotFound) {
 			return Accepted{}, fmt.Errorf("read message %s: %w", m.Id, err)
 		}
 	}
-	last, err := s.lastSequence(m.Tenant, m.Conversation)
-	if err != nil {
+	if exists {
+		return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
+	}
+	var last uint64
+	var err error
+	if known != nil {
+		last = known.lastSeq[string(convSeqKey(m.Tenant, m.Conversation))]
+	} else if last, err = s.lastSequence(m.Tenant, m.Conversation); err != nil {
 		return Accepted{}, err
 	}
 	var head string
