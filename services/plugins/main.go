@@ -194,7 +194,9 @@ func buildAdapters(cfg config, logger *slog.Logger, tp trace.TracerProvider) (ad
 	}
 	closers = append(closers, slackAdapter.Close)
 
-	mockOpts := mock.Options{}
+	// The binary never lists the mock's deliveries (tests in process do):
+	// keep a few, not one per message for the life of the process.
+	mockOpts := mock.Options{Keep: 1000}
 	var mockRecord *os.File
 	if cfg.mockRecord != "" {
 		f, err := os.OpenFile(cfg.mockRecord, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)

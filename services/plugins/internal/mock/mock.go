@@ -17,10 +17,12 @@
 // Anything after a '#' is a label and is ignored ("ok#alice"). Any other
 // recipient is PERMANENT, PLG_004.
 //
-// The adapter keeps a record of every delivery it accepted, in memory and,
-// optionally, as JSON lines on a writer; Replay loads an earlier record, so
-// that the record survives a restart. Reconcile answers from
-// that record: FOUND when it holds the message, NOT_FOUND otherwise.
+// The adapter keeps a record of every delivery it accepted: the ids of all
+// of them in memory, the deliveries themselves (the latest Options.Keep, or
+// all) in memory for Deliveries and, optionally, as JSON lines on a writer;
+// Replay loads an earlier record, so that the record survives a restart.
+// Reconcile answers from that record: FOUND when it holds the message,
+// NOT_FOUND otherwise.
 package mock
 
 import (
@@ -56,21 +58,26 @@ type Options struct {
 	Record io.Writer
 	// Now is the clock for Record.Time; default time.Now.
 	Now func() time.Time
+	// Keep bounds the deliveries Deliveries returns to the latest Keep;
+	// zero keeps every one. The ids Reconcile answers from are kept
+	// whatever Keep says.
+	Keep int
 }
 
 // Adapter is the mock adapter. It is safe for concurrent use.
 type Adapter struct {
-	out io.Writer
-	now func() time.Time
+	out  io.Writer
+	now  func() time.Time
+	keep int
 
-	mu       sync.Mutex // guards records, accepted and writes to out
-	records  []Record
-	accepted map[string]bool // message ids in records, replayed ones included
+	mu       sync.Mutex          // guards records, accepted and writes to out
+	records  []Record            // the latest keep, oldest first (all when keep is 0)
+	accepted map[string]struct{} // every accepted message id, replayed ones included
 }
 
 // New returns a mock adapter.
 func New(opts Options) *Adapter {
-	a := &Adapter{out: opts.Record, now: opts.Now, accepted: map[string]bool{}}
+	a := &Adapter{out: opts.Record, now: opts.Now, keep: opts.Keep, accepted: map[string]struct{}{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -94,7 +101,7 @@ func (a *Adapter) Replay(r io.Reader) error {
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			return fmt.Errorf("mock record line %d: %w", n, err)
 		}
-		a.accepted[rec.MessageID] = true
+		a.accepted[rec.MessageID] = struct{}{}
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read mock record: %w", err)
@@ -105,7 +112,8 @@ func (a *Adapter) Replay(r io.Reader) error {
 // Name returns "mock".
 func (a *Adapter) Name() string { return "mock" }
 
-// Deliveries returns a copy of the accepted deliveries, in acceptance order.
+// Deliveries returns a copy of the accepted deliveries (the latest
+// Options.Keep of them, if set), in acceptance order.
 func (a *Adapter) Deliveries() []Record {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -199,8 +207,14 @@ func (a *Adapter) accept(d *pluginhost.Delivery) pluginhost.Result {
 			}
 		}
 	}
+	if a.keep > 0 && len(a.records) >= a.keep {
+		// Drop the oldest: the slice walks forward through its array, and
+		// append moves the latest keep to a new one when it reaches the end,
+		// so the memory held stays within a few times keep.
+		a.records = a.records[1:]
+	}
 	a.records = append(a.records, r)
-	a.accepted[d.MessageID] = true
+	a.accepted[d.MessageID] = struct{}{}
 	return pluginhost.Result{Outcome: pluginsv1.Outcome_OUTCOME_DELIVERED, ProviderMessageID: providerID(d.MessageID)}
 }
 
@@ -220,7 +234,7 @@ func (a *Adapter) Reconcile(ctx context.Context, d *pluginhost.Delivery) pluginh
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.accepted[d.MessageID] {
+	if _, ok := a.accepted[d.MessageID]; ok {
 		return pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_FOUND, ProviderMessageID: providerID(d.MessageID)}
 	}
 	return pluginhost.ReconcileResult{Answer: pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_NOT_FOUND}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +165,29 @@ func TestReconcileAnswersFromTheRecord(t *testing.T) {
 	}
 	if err := mock.New(mock.Options{}).Replay(strings.NewReader("not json\n")); err == nil {
 		t.Error("Replay accepted a line that is not a record")
+	}
+}
+
+// With Keep, Deliveries holds the latest deliveries only, while Reconcile
+// still finds every message the mock provider accepted.
+func TestKeepBoundsTheDeliveriesButNotReconcile(t *testing.T) {
+	a := mock.New(mock.Options{Keep: 3})
+	for i := range 10 {
+		d := &pluginhost.Delivery{MessageID: fmt.Sprint("m", i), Recipient: "ok", Attempt: 1}
+		if got := a.Deliver(t.Context(), d); got.Outcome != pluginsv1.Outcome_OUTCOME_DELIVERED {
+			t.Fatalf("deliver m%d: %v", i, got.Outcome)
+		}
+	}
+	var ids []string
+	for _, r := range a.Deliveries() {
+		ids = append(ids, r.MessageID)
+	}
+	if want := []string{"m7", "m8", "m9"}; !slices.Equal(ids, want) {
+		t.Fatalf("Deliveries() = %v, want the latest 3 %v", ids, want)
+	}
+	for _, id := range []string{"m0", "m9"} {
+		if got := a.Reconcile(t.Context(), &pluginhost.Delivery{MessageID: id}); got.Answer != pluginsv1.ReconcileAnswer_RECONCILE_ANSWER_FOUND {
+			t.Fatalf("reconcile %s: %v, want FOUND", id, got.Answer)
+		}
 	}
 }
