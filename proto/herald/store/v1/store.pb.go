@@ -521,8 +521,13 @@ type Delivery struct {
 	// the message leaves UNKNOWN. At the tracker's limit the message is
 	// dead-lettered with reason outcome_unknown.
 	ReconcileAttempts uint32 `protobuf:"varint,17,opt,name=reconcile_attempts,json=reconcileAttempts,proto3" json:"reconcile_attempts,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The message's timeline: the sequences of its events in the event log,
+	// oldest first, each added by the batch that writes the event. Records
+	// written before schema version 3 have none; their events are listed by
+	// timeline keys, and a message's timeline is the two together.
+	EventSequences []uint64 `protobuf:"varint,18,rep,packed,name=event_sequences,json=eventSequences,proto3" json:"event_sequences,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -672,6 +677,13 @@ func (x *Delivery) GetReconcileAttempts() uint32 {
 		return x.ReconcileAttempts
 	}
 	return 0
+}
+
+func (x *Delivery) GetEventSequences() []uint64 {
+	if x != nil {
+		return x.EventSequences
+	}
+	return nil
 }
 
 // Event is one entry of the event log and of a message's timeline.
@@ -867,7 +879,7 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\vtraceparent\x18\r \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x0e \x01(\tR\n" +
-	"tracestate\"\xc6\x05\n" +
+	"tracestate\"\xef\x05\n" +
 	"\bDelivery\x12,\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x16.herald.store.v1.StateR\x05state\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1f\n" +
@@ -888,7 +900,8 @@ const file_herald_store_v1_store_proto_rawDesc = "" +
 	"\x19attempt_started_unix_nano\x18\x0e \x01(\x03R\x16attemptStartedUnixNano\x123\n" +
 	"\x16reconcile_at_unix_nano\x18\x0f \x01(\x03R\x13reconcileAtUnixNano\x12 \n" +
 	"\vreconciling\x18\x10 \x01(\bR\vreconciling\x12-\n" +
-	"\x12reconcile_attempts\x18\x11 \x01(\rR\x11reconcileAttempts\"\x85\x03\n" +
+	"\x12reconcile_attempts\x18\x11 \x01(\rR\x11reconcileAttempts\x12'\n" +
+	"\x0fevent_sequences\x18\x12 \x03(\x04R\x0eeventSequences\"\x85\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x12\n" +

@@ -56,8 +56,10 @@ const (
 	// batches were lost.
 	prefixEvent byte = 0x0a
 	// prefixTimeline | id[26] | seq[8] → empty: one message's events, by
-	// their sequence in the event log (stores written before schema 2's
-	// last change hold a copy of the storev1.Event; both are read).
+	// their sequence in the event log, where its delivery record does not
+	// list them (schema 3: events of a batch that did not rewrite the
+	// delivery; before, every event; stores written before schema 2's last
+	// change hold a copy of the storev1.Event). All are read.
 	prefixTimeline byte = 0x0b
 	// prefixDeadLetter | failedAt[8] | id[26] → empty. FAILED messages.
 	prefixDeadLetter byte = 0x0c
@@ -90,7 +92,13 @@ const (
 //	   before), so Open upgrades it by rewriting the version key; a build
 //	   that reads only version 1 then refuses the store instead of
 //	   misreading it.
-const schemaVersion uint32 = 2
+//	3  a message's timeline in its delivery record (event_sequences), not
+//	   in a timeline key per event; timeline keys remain for events of a
+//	   batch that does not rewrite the delivery (a purge). A version 2
+//	   store is a valid version 3 store (a timeline is read from both), so
+//	   Open upgrades it in place; a version 2 build would miss the events
+//	   in delivery records, and refuses it.
+const schemaVersion uint32 = 3
 
 const idLen = 26
 

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	dto "github.com/prometheus/client_model/go"
@@ -27,40 +29,51 @@ func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// The timeline: the sequences in the delivery record (schema 3) and
+	// timeline keys (schema 2, and events of a batch that did not rewrite
+	// the delivery), whose value is empty or, in stores written before
+	// schema 2's last change, a copy of the event.
+	seqs := slices.Clone(d.GetEventSequences())
+	var copies []*storev1.Event
 	p := idKey(prefixTimeline, id)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	defer it.Close()
-	var timeline []*storev1.Event
 	for ok := it.First(); ok; ok = it.Next() {
-		ev := &storev1.Event{}
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		if len(v) == 0 {
-			// The entry points to the event log by sequence (stores
-			// written before held a copy of the event here).
 			k := it.Key()
-			seq := binary.BigEndian.Uint64(k[len(k)-8:])
-			ok, err := s.getProto(eventKey(seq), ev)
-			if err != nil {
-				return nil, nil, nil, fmt.Errorf("read event %d of %s: %w", seq, id, err)
-			}
-			if !ok {
-				return nil, nil, nil, fmt.Errorf("timeline of %s: event %d is missing from the event log", id, seq)
-			}
-			timeline = append(timeline, ev)
+			seqs = append(seqs, binary.BigEndian.Uint64(k[len(k)-8:]))
 			continue
 		}
+		ev := &storev1.Event{}
 		if err := proto.Unmarshal(v, ev); err != nil {
 			return nil, nil, nil, fmt.Errorf("decode timeline of %s: %w", id, err)
 		}
+		copies = append(copies, ev)
+	}
+	if err := it.Error(); err != nil {
+		return nil, nil, nil, err
+	}
+	timeline := copies
+	for _, seq := range seqs {
+		ev := &storev1.Event{}
+		ok, err := s.getProto(eventKey(seq), ev)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("read event %d of %s: %w", seq, id, err)
+		}
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("timeline of %s: event %d is missing from the event log", id, seq)
+		}
 		timeline = append(timeline, ev)
 	}
-	return m, d, timeline, it.Error()
+	slices.SortFunc(timeline, func(a, b *storev1.Event) int { return cmp.Compare(a.GetSequence(), b.GetSequence()) })
+	return m, d, timeline, nil
 }
 
 // Delivery returns a message's delivery state without its timeline.

@@ -462,12 +462,12 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 		t.Fatalf("a version 1 unknown record was not reconciled: %v", got)
 	}
 	verifyClean(t, s)
-	if err := s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, 3), pebble.Sync); err != nil {
+	if err := s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion+1), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	if _, err := Open("db", Options{FS: fs, Now: c.Now}); !errors.Is(err, ErrSchema) {
-		t.Fatalf("open of version 3: %v, want ErrSchema", err)
+		t.Fatalf("open of version %d: %v, want ErrSchema", schemaVersion+1, err)
 	}
 }
 

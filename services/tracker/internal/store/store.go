@@ -356,16 +356,18 @@ func (s *Store) checkSchema() error {
 		return fmt.Errorf("%w: schema key holds %d bytes", ErrSchema, len(v))
 	}
 	got := binary.BigEndian.Uint32(v)
-	if got == 1 {
-		// Version 1 records are valid version 2 records (see schemaVersion).
+	if got == 1 || got == 2 {
+		// Earlier versions' records are valid records of this one (see
+		// schemaVersion): the version key alone changes, so that a build
+		// that reads only the older versions refuses the store.
 		if err := s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), pebble.Sync); err != nil {
-			return fmt.Errorf("upgrade schema version 1 to %d: %w", schemaVersion, err)
+			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
 		}
-		s.log.Info("store upgraded in place", "from_schema", 1, "to_schema", schemaVersion)
+		s.log.Info("store upgraded in place", "from_schema", got, "to_schema", schemaVersion)
 		return nil
 	}
 	if got != schemaVersion {
-		return fmt.Errorf("%w: the store is version %d, this build reads versions 1 and %d", ErrSchema, got, schemaVersion)
+		return fmt.Errorf("%w: the store is version %d, this build reads versions 1 to %d", ErrSchema, got, schemaVersion)
 	}
 	return nil
 }

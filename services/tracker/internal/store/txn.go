@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -34,8 +35,7 @@ type txn struct {
 	// store's live messages change by them after the commit.
 	accepted map[string][]byte
 	finished []string
-	// written holds each delivery record the batch writes, as stored (the
-	// last write of a message wins).
+	// written holds each delivery record the batch wrote, as stored.
 	written map[string][]byte
 }
 
@@ -130,11 +130,10 @@ func (t *txn) insert(m *storev1.Message, d *storev1.Delivery) {
 	t.counts[d.GetState()]++
 }
 
+// setDelivery makes d the message's delivery as the batch leaves it; commit
+// writes it, with the sequences of the batch's events of the message added.
 func (t *txn) setDelivery(id string, d *storev1.Delivery) {
-	v := mustMarshal(d)
-	t.b.Set(deliveryKey(id), v, nil)
 	t.deliveries[id] = d
-	t.written[id] = v
 }
 
 // transition moves m from old to next: the delivery record, its recovery-
@@ -143,6 +142,9 @@ func (t *txn) setDelivery(id string, d *storev1.Delivery) {
 // of the conversation go.
 func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error {
 	next.UpdatedUnixNano = t.now
+	// The timeline goes on whatever next was built from (clipped: commit
+	// appends to it, and must not write into old's array).
+	next.EventSequences = slices.Clip(old.GetEventSequences())
 	id := m.GetId()
 	t.setDelivery(id, next)
 	oldKind, oldAt, oldIn := indexPlace(old)
@@ -252,12 +254,22 @@ func (t *txn) commit() {
 		first = t.s.events.reserve(n)
 		for i, ev := range t.events {
 			ev.Sequence = first + uint64(i)
-			v := mustMarshal(ev)
-			t.b.Set(eventKey(ev.Sequence), v, nil)
-			// The timeline entry points to the event by its sequence: the
-			// event is written once, in the log.
-			t.b.Set(timelineKey(ev.GetMessageId(), ev.Sequence), nil, nil)
+			t.b.Set(eventKey(ev.Sequence), mustMarshal(ev), nil)
+			// The message's timeline points to the event by its sequence
+			// (the event is written once, in the log): in its delivery
+			// record, which nearly every batch with an event of a message
+			// rewrites, or else in a timeline key.
+			if d, ok := t.deliveries[ev.GetMessageId()]; ok {
+				d.EventSequences = append(d.EventSequences, ev.Sequence)
+			} else {
+				t.b.Set(timelineKey(ev.GetMessageId(), ev.Sequence), nil, nil)
+			}
 		}
+	}
+	for id, d := range t.deliveries {
+		v := mustMarshal(d)
+		t.b.Set(deliveryKey(id), v, nil)
+		t.written[id] = v
 	}
 	for st, n := range t.counts {
 		if n != 0 {
