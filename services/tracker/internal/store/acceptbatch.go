@@ -121,8 +121,9 @@ func (s *Store) acceptRound(msgs []*storev1.Message, round []int, res []Accepted
 	}
 }
 
-// roundReadsMin is the smallest round whose lookups readRound makes: below
-// it, point lookups cost less than an iterator's setup.
+// roundReadsMin is the smallest round whose lookups readRound makes. An
+// iterator pays for its setup over many keys; a lone Send's round (Send@1)
+// keeps its point lookups.
 const roundReadsMin = 4
 
 // roundReads is what the Accepts of one round read before writing, looked
