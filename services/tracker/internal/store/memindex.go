@@ -213,6 +213,9 @@ func (l *liveMessages) update(accepted, deliveries map[string][]byte, finished [
 		l.bytes += e.size()
 	}
 	for id, v := range deliveries {
+		if _, added := accepted[id]; added {
+			continue // entered above with this record
+		}
 		e, ok := l.m[id]
 		if !ok {
 			continue
