@@ -84,11 +84,7 @@ func newSendCmd(a *app) *cobra.Command {
 			if a.output == "json" {
 				return a.printJSON(resp)
 			}
-			line := fmt.Sprintf("id=%s state=%s sequence=%d", resp.GetId(), stateName(resp.GetState()), resp.GetSequence())
-			if resp.GetDuplicate() {
-				line += " duplicate=true"
-			}
-			_, err = fmt.Fprintln(a.stdout, line)
+			_, err = fmt.Fprintln(a.stdout, sentLine(resp))
 			return err
 		},
 	}
@@ -102,4 +98,13 @@ func newSendCmd(a *app) *cobra.Command {
 	f.DurationVar(&ttl, "ttl", 0, "time-to-live, such as 1h; an undelivered message expires after it (default: none)")
 	f.StringVar(&file, "file", "", "send every line of this file ('-' for stdin), each a SendRequest in JSON, over one stream; prints one line per message")
 	return cmd
+}
+
+// sentLine is the text output for an accepted message.
+func sentLine(r *gatewayv1.SendResponse) string {
+	line := fmt.Sprintf("id=%s state=%s sequence=%d", r.GetId(), stateName(r.GetState()), r.GetSequence())
+	if r.GetDuplicate() {
+		line += " duplicate=true"
+	}
+	return line
 }

@@ -63,11 +63,7 @@ func (a *app) sendLines(ctx context.Context, in io.Reader, defaults *gatewayv1.S
 		}
 		var err error
 		if r := out.GetResponse(); r != nil {
-			line := fmt.Sprintf("line=%d id=%s state=%s sequence=%d", out.GetRef(), r.GetId(), stateName(r.GetState()), r.GetSequence())
-			if r.GetDuplicate() {
-				line += " duplicate=true"
-			}
-			_, err = fmt.Fprintln(a.stdout, line)
+			_, err = fmt.Fprintf(a.stdout, "line=%d %s\n", out.GetRef(), sentLine(r))
 		} else {
 			_, err = fmt.Fprintf(a.stdout, "line=%d error=%s: %s\n", out.GetRef(), codes.Code(out.GetCode()), out.GetError())
 		}

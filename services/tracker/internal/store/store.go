@@ -123,9 +123,9 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
-	// live holds the stored form of messages accepted since Open that have
-	// not finished (up to liveMessagesMax bytes), so that leasing and
-	// completing them need no read.
+	// live holds the stored message and delivery records of messages
+	// accepted since Open that have not finished (up to liveMessagesMax
+	// bytes), so that leasing and completing them read nothing from Pebble.
 	live liveMessages
 	// newest is the greatest message id stored or being accepted: an
 	// Accept of a greater id, under the id's stripe lock, knows without a
@@ -450,38 +450,36 @@ func decodeProto(key, v []byte, m proto.Message) error {
 
 func (s *Store) getMessage(id string) (*storev1.Message, error) {
 	m := &storev1.Message{}
-	if err := s.getRecord(messageKey(id), id, func(e liveMessage) []byte { return e.message }, m); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
-		}
+	ok, err := s.getRecord(messageKey(id), id, func(e liveMessage) []byte { return e.message }, m)
+	if err != nil {
 		return nil, fmt.Errorf("read message %s: %w", id, err)
+	}
+	if !ok {
+		return nil, ErrNotFound
 	}
 	return m, nil
 }
 
 func (s *Store) getDelivery(id string) (*storev1.Delivery, error) {
 	d := &storev1.Delivery{}
-	if err := s.getRecord(deliveryKey(id), id, func(e liveMessage) []byte { return e.delivery }, d); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, ErrNotFound
-		}
+	ok, err := s.getRecord(deliveryKey(id), id, func(e liveMessage) []byte { return e.delivery }, d)
+	if err != nil {
 		return nil, fmt.Errorf("read delivery %s: %w", id, err)
+	}
+	if !ok {
+		return nil, ErrNotFound
 	}
 	return d, nil
 }
 
 // getRecord decodes one of message id's records into m: field's part of the
-// live set's copy, or the stored value of key. Each read decodes a fresh
-// copy. It returns ErrNotFound when the key is absent.
-func (s *Store) getRecord(key []byte, id string, field func(liveMessage) []byte, m proto.Message) error {
+// live set's copy, or the stored value of key (each read decodes a fresh
+// copy). It reports false when the record is in neither.
+func (s *Store) getRecord(key []byte, id string, field func(liveMessage) []byte, m proto.Message) (bool, error) {
 	if e, live := s.live.get(id); live {
-		return decodeProto(key, field(e), m)
+		return true, decodeProto(key, field(e), m)
 	}
-	ok, err := s.getProto(key, m)
-	if err == nil && !ok {
-		err = ErrNotFound
-	}
-	return err
+	return s.getProto(key, m)
 }
 
 func mustMarshal(m proto.Message) []byte {

@@ -3,7 +3,6 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -137,14 +136,13 @@ func (t *txn) setDelivery(id string, d *storev1.Delivery) {
 }
 
 // transition moves m from old to next: the delivery record, its recovery-
-// index entry and the per-state counts change together. Entering a terminal
+// index entry and the per-state counts change together. next is a copy of
+// old with the changes made (so it keeps old's event sequences, the
+// message's timeline so far). Entering a terminal
 // state also leaves the conversation's active set and lets the next message
 // of the conversation go.
 func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error {
 	next.UpdatedUnixNano = t.now
-	// The timeline goes on whatever next was built from (clipped: commit
-	// appends to it, and must not write into old's array).
-	next.EventSequences = slices.Clip(old.GetEventSequences())
 	id := m.GetId()
 	t.setDelivery(id, next)
 	oldKind, oldAt, oldIn := indexPlace(old)
