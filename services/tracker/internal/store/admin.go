@@ -139,10 +139,7 @@ func (s *Store) DeadLetters(f DeadLetterFilter) ([]Leased, error) {
 // ErrNotDeadLetter.
 func (s *Store) Redrive(id string) (*storev1.Delivery, error) {
 	return s.changeDeadLetter(id, func(t *txn, m *storev1.Message, d *storev1.Delivery) (*storev1.Delivery, error) {
-		head, err := t.head(m.Tenant, m.Conversation)
-		if err != nil {
-			return nil, err
-		}
+		head := t.head(m.Tenant, m.Conversation)
 		next := proto.CloneOf(d)
 		next.State = storev1.State_STATE_PENDING
 		next.Attempts = 0
@@ -153,6 +150,7 @@ func (s *Store) Redrive(id string) (*storev1.Delivery, error) {
 			next.DueUnixNano = t.now
 		}
 		t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
+		t.activeEdit(true, m)
 		if err := t.transition(m, d, next); err != nil {
 			return nil, err
 		}

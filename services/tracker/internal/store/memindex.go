@@ -424,23 +424,28 @@ func (s *Store) loadIndex() error {
 	return nil
 }
 
-// RecoveryDead is how many dead entries the recovery-index scan at Open
-// stepped over.
+// RecoveryDead is how many dead entries the scans at Open of the recovery
+// index and of the conversations' active keys stepped over.
 func (s *Store) RecoveryDead() int64 { return s.recoveryDead.Load() }
 
-// TidyRecoveryIndex compacts the recovery index's key range when the scan
-// at Open stepped over more dead entries than live ones (and at least
-// minDead): each start scans the whole range, so its cost should follow
-// the pending messages, not how many finished ones await a compaction.
+// TidyRecoveryIndex compacts the key ranges of the recovery index and of
+// the conversations' active keys when the scans at Open stepped over more
+// dead entries than live ones (and at least minDead): each start scans
+// both ranges whole, so its cost should follow the pending messages, not
+// how many finished ones await a compaction. (Every pending message has
+// one entry in each range.)
 // It reports whether it compacted. Pebble compacts the range in the
 // background of serving; reads and commits go on meanwhile.
 func (s *Store) TidyRecoveryIndex(ctx context.Context, minDead int64) (bool, error) {
 	dead := s.recoveryDead.Load()
-	if dead < minDead || dead <= int64(s.index.size()) {
+	if dead < minDead || dead <= 2*int64(s.index.size()) {
 		return false, nil
 	}
 	if err := s.db.Compact(ctx, []byte{prefixRecovery}, []byte{prefixRecovery + 1}, false); err != nil {
 		return false, fmt.Errorf("compact the recovery index: %w", err)
+	}
+	if err := s.db.Compact(ctx, []byte{prefixConvActive}, []byte{prefixConvActive + 1}, false); err != nil {
+		return false, fmt.Errorf("compact the conversations' active keys: %w", err)
 	}
 	s.recoveryDead.Store(0)
 	return true, nil

@@ -134,12 +134,7 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	} else if last, err = s.lastSequence(m.Tenant, m.Conversation); err != nil {
 		return Accepted{}, err
 	}
-	var head string
-	if last > 0 { // a new conversation has no active message to wait for
-		if head, err = t.head(m.Tenant, m.Conversation); err != nil {
-			return Accepted{}, fmt.Errorf("read conversation head: %w", err)
-		}
-	}
+	head := t.head(m.Tenant, m.Conversation)
 	m.Sequence = last + 1
 	m.AcceptedAtUnixNano = t.now
 	d := &storev1.Delivery{State: storev1.State_STATE_PENDING}
@@ -160,6 +155,7 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	}
 	t.b.Set(convSeqKey(m.Tenant, m.Conversation), seqBytes(m.Sequence), nil)
 	t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
+	t.activeEdit(true, m)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(append(recipientPrefix(m.Tenant, m.Recipient), m.Id...), nil, nil)
 	if extra != nil {

@@ -123,6 +123,8 @@ type Store struct {
 
 	events sequencer
 	index  *memIndex
+	// active holds each conversation's non-terminal messages (activeSets).
+	active activeSets
 	// live holds the stored message and delivery records of messages
 	// accepted since Open that have not finished (up to liveMessagesMax
 	// bytes), so that leasing and completing them read nothing from Pebble.
@@ -134,7 +136,8 @@ type Store struct {
 		sync.Mutex
 		id string
 	}
-	// recoveryDead: dead entries the recovery-index scan at Open met.
+	// recoveryDead: dead entries the scans at Open of the recovery index
+	// and of the conversations' active keys met.
 	recoveryDead atomic.Int64
 
 	closed atomic.Bool
@@ -258,6 +261,12 @@ func Open(dir string, o Options) (*Store, error) {
 		db.Close()
 		return nil, describeOpenError(dir, err)
 	}
+	dead, err := s.loadActive()
+	if err != nil {
+		db.Close()
+		return nil, describeOpenError(dir, err)
+	}
+	s.recoveryDead.Add(dead)
 	return s, nil
 }
 

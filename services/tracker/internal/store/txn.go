@@ -25,8 +25,11 @@ type txn struct {
 	// deliveries overlays the batch's own writes on the store, so that two
 	// transitions in one batch see each other.
 	deliveries map[string]*storev1.Delivery
-	// inactive holds conversation-active keys the batch deleted.
-	inactive map[string]bool
+	// inactive holds the messages the batch takes out of their
+	// conversation's active set; activeEdits, every change to the sets,
+	// applied after the commit.
+	inactive    map[string]bool
+	activeEdits []activeEdit
 	// blockedAdded counts the blocked index entries the batch added.
 	blockedAdded int
 	// accepted and finished are the messages the batch accepts (their
@@ -170,7 +173,8 @@ func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error 
 func (t *txn) leaveConversation(m *storev1.Message) error {
 	key := convSeqEntryKey(prefixConvActive, m.GetTenant(), m.GetConversation(), m.GetSequence())
 	t.b.SingleDelete(key, nil) // set once at Accept (or Redrive): see deleteIndex
-	t.inactive[string(key)] = true
+	t.inactive[m.GetId()] = true
+	t.activeEdit(false, m)
 	// Only a blocked message is ever promoted, and the memory index counts
 	// them. With none indexed and none added by this batch there is none to
 	// promote, and the head need not be read: a scan of the conversation's
@@ -180,9 +184,9 @@ func (t *txn) leaveConversation(m *storev1.Message) error {
 	if t.blockedAdded == 0 && t.s.index.blockedCount() == 0 {
 		return nil
 	}
-	headID, err := t.head(m.GetTenant(), m.GetConversation())
-	if err != nil || headID == "" {
-		return err
+	headID := t.head(m.GetTenant(), m.GetConversation())
+	if headID == "" {
+		return nil
 	}
 	d, err := t.delivery(headID)
 	if err != nil {
@@ -202,25 +206,22 @@ func (t *txn) leaveConversation(m *storev1.Message) error {
 }
 
 // head returns the id of the conversation's first active message as this
-// batch would leave the set, or "" when none is.
-func (t *txn) head(tenant, conversation string) (string, error) {
-	p := convPrefix(prefixConvActive, tenant, conversation)
-	it, err := t.s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		return "", err
-	}
-	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		if t.inactive[string(it.Key())] {
-			continue
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return "", err
-		}
-		return string(v), nil
-	}
-	return "", it.Error()
+// batch would leave the set, or "" when none is. (A message the batch adds
+// to the set is not counted: a batch holds at most one accept or redrive
+// per conversation, and asks before it adds.)
+func (t *txn) head(tenant, conversation string) string {
+	return t.s.active.first(t.s.stripe(tenant, conversation), convKey{tenant, conversation}, t.inactive)
+}
+
+// activeEdit records that m joins (add) or leaves its conversation's
+// active set; the batch writes or deletes the key itself.
+func (t *txn) activeEdit(add bool, m *storev1.Message) {
+	t.activeEdits = append(t.activeEdits, activeEdit{
+		add:    add,
+		stripe: t.s.stripe(m.GetTenant(), m.GetConversation()),
+		conv:   convKey{m.GetTenant(), m.GetConversation()},
+		ref:    activeRef{seq: m.GetSequence(), id: m.GetId()},
+	})
 }
 
 // event adds an event to the batch; its sequence is set at commit.
@@ -277,6 +278,7 @@ func (t *txn) commit() {
 	t.s.commit(t.b)
 	t.s.events.publish(first, len(t.events))
 	t.s.index.apply(t.changes)
+	t.s.active.apply(t.activeEdits)
 	t.s.live.update(t.accepted, t.written, t.finished)
 }
 
