@@ -134,7 +134,10 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	} else if last, err = s.lastSequence(m.Tenant, m.Conversation); err != nil {
 		return Accepted{}, err
 	}
-	head := t.head(m.Tenant, m.Conversation)
+	var head string
+	if last > 0 { // a new conversation has no active message to wait for
+		head = t.head(m.Tenant, m.Conversation)
+	}
 	m.Sequence = last + 1
 	m.AcceptedAtUnixNano = t.now
 	d := &storev1.Delivery{State: storev1.State_STATE_PENDING}
