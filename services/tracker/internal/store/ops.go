@@ -50,16 +50,6 @@ type Accepted struct {
 	Duplicate bool
 }
 
-// Accept makes a new message durable with its idempotency key, conversation
-// sequence, recovery-index entry, history entries and event, in one synced
-// batch. m.Id, Tenant, Channel and Recipient are required; an empty
-// Conversation becomes the recipient. Accept sets m.Sequence and
-// m.AcceptedAtUnixNano. Errors: ErrInvalid, ErrExists, ErrFull, ErrClosed.
-func (s *Store) Accept(m *storev1.Message) (Accepted, error) {
-	res, errs := s.AcceptBatch([]*storev1.Message{m})
-	return res[0], errs[0]
-}
-
 // duplicate returns the message an idempotency key already points to (ok),
 // under the key's stripe lock, which the caller holds.
 func (s *Store) duplicate(m *storev1.Message) (Accepted, bool, error) {

@@ -121,6 +121,7 @@ type Store struct {
 	locks [lockStripes]sync.Mutex
 	seed  maphash.Seed
 
+	groups acceptGroups
 	events sequencer
 	index  *memIndex
 	// active holds each conversation's non-terminal messages (activeSets).
