@@ -28,7 +28,7 @@ import (
 )
 
 func main() {
-	telemetry.TuneGC()
+	telemetry.TuneStateless()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()

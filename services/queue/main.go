@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	telemetry.TuneGC()
+	telemetry.TuneStateless()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {

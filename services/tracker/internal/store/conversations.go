@@ -87,6 +87,9 @@ func (a *activeSets) apply(edits []activeEdit) {
 		case !e.add && found:
 			refs = slices.Delete(refs, i, i+1)
 		}
+		// An add of a sequence already in the set, or a removal of one
+		// not in it, would mean the sets and Pebble disagree; every batch
+		// edits both (TestActiveSetsFollowPebble), so neither happens.
 		if len(refs) == 0 {
 			delete(m, e.conv)
 		} else {

@@ -177,8 +177,7 @@ func (t *txn) leaveConversation(m *storev1.Message) error {
 	t.activeEdit(false, m)
 	// Only a blocked message is ever promoted, and the memory index counts
 	// them. With none indexed and none added by this batch there is none to
-	// promote, and the head need not be read: a scan of the conversation's
-	// active keys at every delivery, which no bloom filter can answer. A
+	// promote, and neither the head nor its delivery record need be read. A
 	// blocked message of this conversation is written and indexed under its
 	// stripe lock, which the caller holds, so the count cannot miss one.
 	if t.blockedAdded == 0 && t.s.index.blockedCount() == 0 {
