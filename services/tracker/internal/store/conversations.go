@@ -57,6 +57,8 @@ func (a *activeSets) first(stripe int, c convKey, skip map[string]bool) string {
 	return ""
 }
 
+// apply makes a committed batch's edits (or Open's load). The caller holds
+// the stripe lock of every edited conversation.
 func (a *activeSets) apply(edits []activeEdit) {
 	for _, e := range edits {
 		m := a.byStripe[e.stripe]
