@@ -58,19 +58,6 @@ func answer(t *testing.T, s *Store, l Leased, o Outcome) Applied {
 	return res[0]
 }
 
-func timelineTypes(t *testing.T, s *Store, id string) []string {
-	t.Helper()
-	_, _, timeline, err := s.Get(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var types []string
-	for _, ev := range timeline {
-		types = append(types, ev.Type)
-	}
-	return types
-}
-
 func verifyClean(t *testing.T, s *Store) {
 	t.Helper()
 	if r := s.Verify(true); len(r.Problems) > 0 {
@@ -147,7 +134,7 @@ func TestReconcileTransitions(t *testing.T) {
 			if tt.wantState == storev1.State_STATE_DELIVERED && d.ProviderMessageId != tt.answer.ProviderMessageID {
 				t.Fatalf("provider id %q, want %q", d.ProviderMessageId, tt.answer.ProviderMessageID)
 			}
-			if types := timelineTypes(t, s, id); !slices.Contains(types, tt.wantEvent) || !slices.Contains(types, EventReconcileLeased) {
+			if types := timelineOf(t, s, id); !slices.Contains(types, tt.wantEvent) || !slices.Contains(types, EventReconcileLeased) {
 				t.Fatalf("timeline %v lacks %s", types, tt.wantEvent)
 			}
 			verifyClean(t, s)

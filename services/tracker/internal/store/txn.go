@@ -37,8 +37,6 @@ type txn struct {
 	// store's live messages change by them after the commit.
 	accepted map[string][]byte
 	finished []string
-	// written holds each delivery record the batch wrote, as stored.
-	written map[string][]byte
 }
 
 func (s *Store) newTxn() *txn {
@@ -49,7 +47,6 @@ func (s *Store) newTxn() *txn {
 		counts:     map[storev1.State]int64{},
 		deliveries: map[string]*storev1.Delivery{},
 		inactive:   map[string]bool{},
-		written:    map[string][]byte{},
 	}
 }
 
@@ -264,10 +261,11 @@ func (t *txn) commit() {
 			}
 		}
 	}
+	written := make(map[string][]byte, len(t.deliveries))
 	for id, d := range t.deliveries {
 		v := mustMarshal(d)
 		t.b.Set(deliveryKey(id), v, nil)
-		t.written[id] = v
+		written[id] = v
 	}
 	for st, n := range t.counts {
 		if n != 0 {
@@ -278,7 +276,7 @@ func (t *txn) commit() {
 	t.s.events.publish(first, len(t.events))
 	t.s.index.apply(t.changes)
 	t.s.active.apply(t.activeEdits)
-	t.s.live.update(t.accepted, t.written, t.finished)
+	t.s.live.update(t.accepted, written, t.finished)
 }
 
 func (t *txn) close() { t.b.Close() }
