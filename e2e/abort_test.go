@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,8 +21,9 @@ import (
 // random pauses and aborts it at a random moment: before the first chunk,
 // between chunks, or while the sink holds a chunk's request open (the abort
 // lands during the provider call). A chunk whose request reached the sink
-// (first byte read) after the Abort RPC returned was sent after the abort
-// was acknowledged; a webhook-id that reached the sink twice was sent twice.
+// (its first byte arrived at the sink's socket, by the kernel's receive
+// timestamp) after the Abort RPC returned was sent after the abort was
+// acknowledged; a webhook-id that reached the sink twice was sent twice.
 // Both must never happen.
 
 // abortMode is when a trial aborts.
@@ -331,10 +333,33 @@ func settleAndTally(t *testing.T, gw gatewayv1.GatewayServiceClient, sink *harne
 				tally.sentAfterAbort++
 				tally.problems = append(tally.problems, fmt.Sprintf("trial %d (%s): chunk %d %s (state %s) reached the sink %s after the abort was acknowledged (abort answered chunks=%d delivered=%d)",
 					tr.n, tr.mode, i, a.ID, states[a.ID], a.FirstByte.Sub(tr.ackAt), tr.abort.GetReplyChunks(), tr.abort.GetReplyDelivered()))
+				tally.problems = append(tally.problems, "  its timeline, times after the abort's ack: "+timelineSince(gw, a.ID, tr.ackAt))
 			}
 		}
 	}
 	return tally
+}
+
+// timelineSince describes a message's events with their times relative to
+// at, for a failure's report.
+func timelineSince(gw gatewayv1.GatewayServiceClient, id string, at time.Time) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := gw.GetMessage(ctx, &gatewayv1.GetMessageRequest{Id: id})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for i, ev := range resp.GetTimeline() {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s %s %s", ev.GetType(), ev.GetState(), ev.GetTime().AsTime().Sub(at))
+		if c := ev.GetErrorCode(); c != "" {
+			fmt.Fprintf(&b, " %s %q", c, ev.GetDetail())
+		}
+	}
+	return b.String()
 }
 
 func terminal(s gatewayv1.DeliveryState) bool {

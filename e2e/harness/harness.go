@@ -356,8 +356,9 @@ type Arrival struct {
 	Path string
 	// Text is the "text" field of the JSON body, if any.
 	Text string
-	// FirstByte is when the first byte of the request was read from its
-	// connection; Entered is when the handler started.
+	// FirstByte is when the first byte of the request reached the sink's
+	// socket (the kernel's receive timestamp on Linux; elsewhere, when the
+	// sink read it); Entered is when the handler started.
 	FirstByte, Entered time.Time
 	// Held is true when a Hold kept the request open.
 	Held bool
@@ -384,7 +385,7 @@ func (h *Hold) Arrived() <-chan struct{} { return h.arrived }
 func (h *Hold) Release() { h.once.Do(func() { close(h.release) }) }
 
 // HoldSink is a webhook receiver for abort tests: it records each request
-// with the time its first byte was read, and can hold chosen requests open
+// with the time its first byte arrived, and can hold chosen requests open
 // (answering 200 once released).
 type HoldSink struct {
 	// URL is the base URL (no path): add a per-recipient path.
@@ -398,23 +399,25 @@ type HoldSink struct {
 
 type firstByteKey struct{}
 
-// firstByteConn records when the first byte of each request arrives: a
+// firstByteConn records when the first byte of each request arrived: a
 // read after the previous request was answered starts the next one (HTTP/1.1
-// clients send the next request only after reading the answer).
+// clients send the next request only after reading the answer). The time is
+// the kernel's receive timestamp where the platform gives one (see
+// arrivalReader), else the time of the read.
 type firstByteConn struct {
 	net.Conn
+	r     arrivalReader
 	mu    sync.Mutex
 	idle  bool
 	first time.Time
 }
 
 func (c *firstByteConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
+	n, at, err := c.r.read(b)
 	if n > 0 {
-		now := time.Now()
 		c.mu.Lock()
 		if c.idle {
-			c.first, c.idle = now, false
+			c.first, c.idle = at, false
 		}
 		c.mu.Unlock()
 	}
@@ -437,7 +440,7 @@ func (l firstByteListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &firstByteConn{Conn: c, idle: true}, nil
+	return &firstByteConn{Conn: c, r: newArrivalReader(c), idle: true}, nil
 }
 
 // NewHoldSink starts a HoldSink on a free loopback port.
