@@ -1319,7 +1319,11 @@ func (x *AcceptStreamResponse) GetResults() []*AcceptResult {
 type AcceptResult struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Set when the item was accepted (or was a duplicate).
+	// Set when the item was accepted (or was a duplicate). To spare both
+	// ends the cost of the message's text and metadata, it holds only what
+	// Send answers: the message's id, sequence, tenant, conversation and
+	// accepted_at_unix_nano, the delivery's state, and duplicate. GetMessage
+	// reads the rest.
 	Response *AcceptResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
 	// Otherwise the gRPC status code and message Accept would have returned.
 	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`

@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -64,6 +65,7 @@ func run(args []string) error {
 	dur := fs.Duration("duration", 2500*time.Millisecond, "measuring time")
 	dir := fs.String("dir", "", "empty folder for the store (required)")
 	size := fs.Int("size", 256, "payload bytes")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurement to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -114,9 +116,22 @@ func run(args []string) error {
 		return fmt.Errorf("-subject=%q: give store or pebble", *subject)
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	f0, cpu0 := fsyncs(), load.CPUTime().Seconds()
 	lat, elapsed, err := load.ClosedLoop(context.Background(), *writers, *dur, func(context.Context, int) error { return write() })
 	cpu1, f1 := load.CPUTime().Seconds(), fsyncs()
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	if cerr := closer(); err == nil {
 		err = cerr
 	}

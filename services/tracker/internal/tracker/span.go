@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -106,6 +107,9 @@ func resultName(r store.Result) string {
 // traceAccept records a tracker.Accept span in the message's trace: the
 // stream's own span belongs to no message.
 func (s *Service) traceAccept(m *storev1.Message, err error, start, end time.Time, batch int) {
+	if !sampled(m.GetTraceparent()) {
+		return // not recorded: spare the propagator's parse
+	}
 	parent := remoteParent(m.GetTraceparent(), m.GetTracestate())
 	if !trace.SpanContextFromContext(parent).IsSampled() {
 		return
@@ -127,4 +131,20 @@ func remoteParent(traceparent, tracestate string) context.Context {
 	return otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
 		"traceparent": traceparent, "tracestate": tracestate,
 	})
+}
+
+// sampled reports whether a W3C traceparent ("00-<trace>-<span>-<flags>")
+// may have its sampled flag set: false only when it certainly has not (no
+// traceparent, or flags whose low bit is clear). Callers still parse it.
+func sampled(traceparent string) bool {
+	n := len(traceparent)
+	switch {
+	case n == 0:
+		return false
+	case n < 3 || traceparent[n-3] != '-':
+		return true // an unusual form: let the propagator decide
+	}
+	// |0x20 lower-cases a hex letter and leaves a digit as it is.
+	v := strings.IndexByte("0123456789abcdef", traceparent[n-1]|0x20)
+	return v < 0 || v&1 == 1
 }
