@@ -149,7 +149,6 @@ func (s *Store) Redrive(id string) (*storev1.Delivery, error) {
 		if !next.Blocked {
 			next.DueUnixNano = t.now
 		}
-		t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 		t.activeEdit(true, m)
 		if err := t.transition(m, d, next); err != nil {
 			return nil, err

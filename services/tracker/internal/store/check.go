@@ -19,9 +19,10 @@ import (
 // the number of non-terminal messages, not the length of the history, so a
 // restart takes as long with a million delivered messages as with none. It
 // checks, against one snapshot: every recovery-index entry points to a
-// message in the matching state, once; every such message is active in its
-// conversation and nothing else is; the per-state counters of non-terminal
-// states add up to the index. Report.Counts holds the counters; Messages
+// message in the matching state, once, and carries its channel, tenant,
+// conversation and sequence (from which Open built the conversations'
+// active sets); the per-state counters of non-terminal states add up to
+// the index. Report.Counts holds the counters; Messages
 // is their sum. Block checksums of the whole store are Scrub's job.
 func (s *Store) Check() Report {
 	c, done := s.newChecker()
@@ -78,21 +79,7 @@ func (s *Store) Check() Report {
 			c.problem("recovery entry for %s: message record cannot be read (found=%v): %v", e.id, ok, err)
 			continue
 		}
-		ch, tenant, conv, err := parseRecoveryValue(e.value)
-		if err != nil || ch != m.GetChannel() || tenant != m.GetTenant() || conv != m.GetConversation() {
-			c.problem("recovery entry for %s carries %q, want its channel, tenant and conversation", e.id, e.value)
-		}
-	}
-
-	active := 0
-	c.scan(prefixConvActive, func(k, v []byte) {
-		active++
-		if !indexed[string(v)] {
-			c.problem("conversation entry %x: message %s is active in its conversation but not in the recovery index", k, v)
-		}
-	})
-	if active != len(indexed) {
-		c.problem("%d messages are active in conversations, %d are in the recovery index", active, len(indexed))
+		checkRecoveryValue(c, e.id, e.value, m)
 	}
 
 	c.scan(prefixCount, func(k, v []byte) {
@@ -112,6 +99,18 @@ func (s *Store) Check() Report {
 		c.problem("the counters say %d messages are not finished, the recovery index holds %d", open, len(indexed))
 	}
 	return *r
+}
+
+// checkRecoveryValue reports a recovery-index value that does not carry
+// its message's channel, tenant, conversation and sequence (a value written
+// before schema 4 has no sequence): the sequence orders the message in its
+// conversation's active set.
+func checkRecoveryValue(c *checker, id string, v []byte, m *storev1.Message) {
+	f, err := parseRecoveryValue(v)
+	if err != nil || f.channel != m.GetChannel() || f.tenant != m.GetTenant() || f.conversation != m.GetConversation() ||
+		(f.seq != 0 && f.seq != m.GetSequence()) {
+		c.problem("recovery entry for %s carries %q, want its channel, tenant, conversation and sequence %d", id, v, m.GetSequence())
+	}
 }
 
 // Scrub reads every block of every table and checks its checksum, without

@@ -1,13 +1,6 @@
 package store
 
-import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
-	"slices"
-
-	"github.com/cockroachdb/pebble/v2"
-)
+import "slices"
 
 // convKey names a conversation.
 type convKey struct{ tenant, conversation string }
@@ -18,9 +11,9 @@ type activeRef struct {
 	id  string
 }
 
-// activeSets mirrors the conversation-active key family in memory: each
-// conversation's non-terminal messages in sequence order, the first being
-// its head. Accept asks whether a conversation has an active message (the
+// activeSets holds each conversation's non-terminal messages in sequence
+// order, the first being its head: in memory, the recovery index's entries
+// grouped by conversation (each carries its message's sequence). Accept asks whether a conversation has an active message (the
 // new one waits behind it) and a message that finishes hands the turn to
 // the next; reading the head from Pebble instead opens an iterator over the
 // conversation's active keys, which no bloom filter answers and which must
@@ -31,9 +24,9 @@ type activeRef struct {
 // A conversation's set lives in the map of its lock stripe and is read and
 // changed only under that stripe's lock, which every batch touching the
 // conversation holds; a batch changes it after its commit (txn.commit), so
-// the sets hold exactly what Pebble holds. Open loads them by scanning the
-// key family; a conversation without active messages has no entry, so the
-// memory follows the pending work, not the history.
+// the sets hold exactly what the durable recovery index holds. Open loads
+// them with the index; a conversation without active messages has no
+// entry, so the memory follows the pending work, not the history.
 type activeSets struct {
 	byStripe [lockStripes]map[convKey][]activeRef
 }
@@ -98,47 +91,4 @@ func (a *activeSets) apply(edits []activeEdit) {
 			m[e.conv] = refs
 		}
 	}
-}
-
-// loadActive fills the active sets from Pebble (Open, before the store
-// serves) and returns how many dead entries the scan stepped over (the
-// single deletes of finished messages and what they delete, until a
-// compaction brings them together).
-func (s *Store) loadActive() (dead int64, err error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixConvActive}, UpperBound: []byte{prefixConvActive + 1}})
-	if err != nil {
-		return 0, fmt.Errorf("load conversations: %w", err)
-	}
-	defer it.Close()
-	var edits []activeEdit
-	for ok := it.First(); ok; ok = it.Next() {
-		c, seq, err := parseConvSeqEntryKey(it.Key())
-		if err != nil {
-			return 0, fmt.Errorf("load conversations: %w", err)
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return 0, fmt.Errorf("load conversations: %w", err)
-		}
-		edits = append(edits, activeEdit{add: true, stripe: s.stripe(c.tenant, c.conversation), conv: c, ref: activeRef{seq: seq, id: string(v)}})
-	}
-	if err := it.Error(); err != nil {
-		return 0, fmt.Errorf("load conversations: %w", err)
-	}
-	s.active.apply(edits)
-	st := it.Stats()
-	return int64(st.ForwardStepCount[pebble.InternalIterCall] - st.ForwardStepCount[pebble.InterfaceCall]), nil
-}
-
-// parseConvSeqEntryKey parses prefix | tenant | 0x00 | conversation | 0x00 | seq[8].
-func parseConvSeqEntryKey(k []byte) (convKey, uint64, error) {
-	if len(k) < 1+2+8 {
-		return convKey{}, 0, fmt.Errorf("conversation key %x is too short", k)
-	}
-	body, seq := k[1:len(k)-8], binary.BigEndian.Uint64(k[len(k)-8:])
-	i := bytes.IndexByte(body, 0)
-	if i < 0 || body[len(body)-1] != 0 || i == len(body)-1 {
-		return convKey{}, 0, fmt.Errorf("conversation key %x: no tenant and conversation", k)
-	}
-	return convKey{tenant: string(body[:i]), conversation: string(body[i+1 : len(body)-1])}, seq, nil
 }

@@ -1,7 +1,10 @@
 package store
 
 import (
+	"encoding/binary"
+	"fmt"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,18 +14,33 @@ import (
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
 
-// activeInPebble returns the conversation-active keys as Pebble holds them,
-// key → id.
-func activeInPebble(t *testing.T, s *Store) map[string]string {
+// activeInIndex returns each non-terminal message as the durable recovery
+// index holds it, "tenant|conversation|sequence" → id.
+func activeInIndex(t *testing.T, s *Store) map[string]string {
 	t.Helper()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixConvActive}, UpperBound: []byte{prefixConvActive + 1}})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer it.Close()
 	out := map[string]string{}
 	for ok := it.First(); ok; ok = it.Next() {
-		out[string(it.Key())] = string(it.Value())
+		_, _, id, err := parseRecoveryKey(it.Key())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := parseRecoveryValue(it.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.seq == 0 {
+			m, err := s.getMessage(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.seq = m.GetSequence()
+		}
+		out[activeName(f.tenant, f.conversation, f.seq)] = id
 	}
 	if err := it.Error(); err != nil {
 		t.Fatal(err)
@@ -30,7 +48,12 @@ func activeInPebble(t *testing.T, s *Store) map[string]string {
 	return out
 }
 
-// activeInMemory returns the active sets as the same keys, checking that
+func activeName(tenant, conversation string, seq uint64) string {
+	return fmt.Sprintf("%s|%s|%d", tenant, conversation, seq)
+}
+
+// activeInMemory returns the active sets named as activeInIndex names
+// them, checking that
 // each conversation sits in its stripe's map, in sequence order.
 func activeInMemory(t *testing.T, s *Store) map[string]string {
 	t.Helper()
@@ -47,27 +70,28 @@ func activeInMemory(t *testing.T, s *Store) map[string]string {
 				if i > 0 && refs[i-1].seq >= r.seq {
 					t.Fatalf("conversation %v out of order: %v", c, refs)
 				}
-				out[string(convSeqEntryKey(prefixConvActive, c.tenant, c.conversation, r.seq))] = r.id
+				out[activeName(c.tenant, c.conversation, r.seq)] = r.id
 			}
 		}
 	}
 	return out
 }
 
-// The active sets in memory hold what Pebble holds, through every way a
-// message joins or leaves its conversation's active set (accept, delivery
-// with a promotion, dead letter, redrive before a later message, abort from
-// the middle of a conversation, expiry), and after a restart.
-func TestActiveSetsFollowPebble(t *testing.T) {
+// The active sets in memory hold what the durable recovery index holds,
+// through every way a message joins or leaves its conversation's active set
+// (accept, delivery with a promotion, dead letter, redrive before a later
+// message, abort from the middle of a conversation, expiry), and after a
+// restart, which builds them from the index.
+func TestActiveSetsFollowTheRecoveryIndex(t *testing.T) {
 	fs := vfs.NewMem()
 	c := newClock()
 	s := openTest(t, fs, c, PolicyRedeliver)
 	defer func() { s.Close() }()
 	check := func(step string) {
 		t.Helper()
-		mem, disk := activeInMemory(t, s), activeInPebble(t, s)
+		mem, disk := activeInMemory(t, s), activeInIndex(t, s)
 		if !maps.Equal(mem, disk) {
-			t.Fatalf("%s: in memory %d active messages %v\nin Pebble %d %v", step, len(mem), mem, len(disk), disk)
+			t.Fatalf("%s: in memory %d active messages %v\nin the recovery index %d %v", step, len(mem), mem, len(disk), disk)
 		}
 	}
 	a := []*storev1.Message{newMessage("a"), newMessage("a"), newMessage("a"), newMessage("a")}
@@ -123,7 +147,7 @@ func TestActiveSetsFollowPebble(t *testing.T) {
 		t.Fatalf("e's first message: %v, %v; want EXPIRED", got.GetState(), err)
 	}
 	check("e's first expired, everything else delivered")
-	if n := len(activeInPebble(t, s)); n != 0 {
+	if n := len(activeInIndex(t, s)); n != 0 {
 		t.Fatalf("%d messages still active, want none", n)
 	}
 
@@ -135,4 +159,101 @@ func TestActiveSetsFollowPebble(t *testing.T) {
 	if n := len(activeInMemory(t, s)); n != 2 {
 		t.Fatalf("%d active after the restart, want f's two", n)
 	}
+}
+
+// recoveryValueV3 is a recovery-index value as schema 3 and before wrote
+// it: no sequence.
+func recoveryValueV3(channel, tenant, conversation string) []byte {
+	return []byte(channel + "\x00" + tenant + "\x00" + conversation)
+}
+
+// TestSchemaUpgradeFromVersion3RebuildsActiveSets: a version 3 store kept
+// each conversation's active messages under their own keys, and its index
+// entries carry no sequence. Open upgrades it: the retired keys are gone,
+// the active sets come from the index (the sequences from the messages),
+// so a blocked message still waits for its conversation's head and goes
+// next, and an entry rewritten after the upgrade carries its sequence.
+func TestSchemaUpgradeFromVersion3RebuildsActiveSets(t *testing.T) {
+	fs := vfs.NewMem()
+	c := newClock()
+	s := openTest(t, fs, c, PolicyFail)
+	first, second, other := newMessage("a"), newMessage("a"), newMessage("b")
+	for _, m := range []*storev1.Message{first, second, other} {
+		mustAccept(t, s, m)
+	}
+	// Rewrite the store as version 3 wrote it.
+	b := s.db.NewBatch()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		f, err := parseRecoveryValue(it.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, id, _ := parseRecoveryKey(it.Key())
+		b.Set(slices.Clone(it.Key()), recoveryValueV3(f.channel, f.tenant, f.conversation), nil)
+		b.Set(binary.BigEndian.AppendUint64([]byte(string(convPrefix(prefixConvActiveRetired, f.tenant, f.conversation))), f.seq), []byte(id), nil)
+	}
+	it.Close()
+	b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, 3), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = openTest(t, fs, c, PolicyFail)
+	defer s.Close()
+	checkUpgraded(t, s, 3)
+	if r := s.Verify(true); len(r.Problems) > 0 {
+		t.Fatalf("verify after the upgrade: %v", r.Problems)
+	}
+	if mem, disk := activeInMemory(t, s), activeInIndex(t, s); len(mem) != 3 || !maps.Equal(mem, disk) {
+		t.Fatalf("active after the upgrade: in memory %v, in the index %v; want the 3 messages", mem, disk)
+	}
+	// a's second waits for a's first: leasing gives a's first and b's.
+	leased := leaseIDs(t, s, 10)
+	if len(leased) != 2 || leased[0].Message.Id == second.Id || leased[1].Message.Id == second.Id {
+		t.Fatalf("leased %v, want a's first and b's message, not a's second", leased)
+	}
+	for _, l := range leased {
+		deliver(t, s, l)
+	}
+	next := leaseIDs(t, s, 10)
+	if len(next) != 1 || next[0].Message.Id != second.Id {
+		t.Fatalf("after a's first was delivered, leased %v, want a's second", next)
+	}
+	// Rewritten at lease: the entry now carries its sequence.
+	f := indexValueOf(t, s, second.Id)
+	if f.seq != 2 {
+		t.Fatalf("a's second's entry after the lease carries sequence %d, want 2", f.seq)
+	}
+	deliver(t, s, next[0])
+	if r := s.Verify(true); len(r.Problems) > 0 {
+		t.Fatalf("verify: %v", r.Problems)
+	}
+}
+
+// indexValueOf returns the recovery-index value of a non-terminal message.
+func indexValueOf(t *testing.T, s *Store, id string) recoveryFields {
+	t.Helper()
+	d, err := s.getDelivery(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kind, at, ok := indexPlace(d)
+	if !ok {
+		t.Fatalf("%s is %s: not in the index", id, d.GetState())
+	}
+	v, closer, err := s.db.Get(recoveryKey(kind, at, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	f, err := parseRecoveryValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -20,9 +21,10 @@ const (
 	prefixMessage byte = 0x02
 	// prefixDelivery | id[26] → storev1.Delivery. The message's state.
 	prefixDelivery byte = 0x03
-	// prefixRecovery | kind[1] | ... → channel | 0x00 | tenant | 0x00 | conversation.
-	// The recovery index: every non-terminal message is in it exactly once,
-	// under one kind:
+	// prefixRecovery | kind[1] | ... → channel | 0x00 | tenant | 0x00 |
+	// conversation | 0x00 | sequence[8] (schema 4; before, no 0x00 |
+	// sequence). The recovery index: every non-terminal message is in it
+	// exactly once, under one kind:
 	//   recoveryDue     | due[8] | id[26]     PENDING, leasable from due
 	//   recoveryLeased  | expiry[8] | id[26]  IN_FLIGHT until its lease expires
 	//   recoveryUnknown | at[8] | id[26]      UNKNOWN, awaiting its policy: at
@@ -36,15 +38,19 @@ const (
 	//   recoveryBlocked | id[26]              PENDING behind an earlier message
 	//                                         of its conversation
 	// Terminal states are never in it: leaving it and entering a terminal
-	// state happen in one batch.
+	// state happen in one batch. Its entries are also each conversation's
+	// active (non-terminal) messages, by sequence: Open builds the
+	// conversations' active sets from them.
 	prefixRecovery byte = 0x04
 	// prefixIdempotency | tenant | 0x00 | key → id.
 	prefixIdempotency byte = 0x05
 	// prefixConvSeq | tenant | 0x00 | conversation | 0x00 → last sequence[8].
 	prefixConvSeq byte = 0x06
-	// prefixConvActive | tenant | 0x00 | conversation | 0x00 | seq[8] → id.
-	// The conversation's non-terminal messages; the first is its head.
-	prefixConvActive byte = 0x07
+	// 0x07 held each conversation's non-terminal messages (tenant | 0x00 |
+	// conversation | 0x00 | seq[8] → id) up to schema 3; the recovery index
+	// holds the same since schema 4, and the upgrade deletes the range.
+	// Never reuse it.
+	prefixConvActiveRetired byte = 0x07
 	// prefixConvHistory | tenant | 0x00 | conversation | 0x00 | seq[8] → id.
 	prefixConvHistory byte = 0x08
 	// prefixRecipient | tenant | 0x00 | recipient | 0x00 | id[26] → empty.
@@ -98,7 +104,14 @@ const (
 //	   store is a valid version 3 store (a timeline is read from both), so
 //	   Open upgrades it in place; a version 2 build would miss the events
 //	   in delivery records, and refuses it.
-const schemaVersion uint32 = 3
+//	4  no conversation-active keys: a recovery-index entry carries its
+//	   message's sequence, and Open builds each conversation's active
+//	   messages from the index. Open upgrades an older store in place: it
+//	   deletes the retired range with the version key in one synced batch;
+//	   its index entries without a sequence are read with their message's
+//	   until they are rewritten. A version 3 build would find no active
+//	   messages, and refuses the store.
+const schemaVersion uint32 = 4
 
 const idLen = 26
 
@@ -145,38 +158,54 @@ func parseRecoveryKey(k []byte) (kind byte, at int64, id string, err error) {
 }
 
 // recoveryValue is what a recovery-index entry carries, so that leasing can
-// respect channel limits and conversation locks without reading the message.
-func recoveryValue(channel, tenant, conversation string) []byte {
-	v := make([]byte, 0, len(channel)+len(tenant)+len(conversation)+2)
+// respect channel limits and conversation locks without reading the
+// message, and Open can rebuild the conversations' active sets.
+func recoveryValue(channel, tenant, conversation string, seq uint64) []byte {
+	v := make([]byte, 0, len(channel)+len(tenant)+len(conversation)+3+8)
 	v = append(v, channel...)
 	v = append(v, 0)
 	v = append(v, tenant...)
 	v = append(v, 0)
-	return append(v, conversation...)
+	v = append(v, conversation...)
+	v = append(v, 0)
+	return binary.BigEndian.AppendUint64(v, seq)
 }
 
-func parseRecoveryValue(v []byte) (channel, tenant, conversation string, err error) {
-	parts := splitNul(v, 3)
-	if parts == nil {
-		return "", "", "", fmt.Errorf("recovery value %q: want 3 fields", v)
-	}
-	return parts[0], parts[1], parts[2], nil
+// recoveryFields is a parsed recovery-index value. seq is 0 in a value
+// written before schema 4, which did not carry it.
+type recoveryFields struct {
+	channel, tenant, conversation string
+	seq                           uint64
 }
 
-func splitNul(v []byte, n int) []string {
-	out := make([]string, 0, n)
-	start := 0
-	for i, b := range v {
-		if b == 0 {
-			out = append(out, string(v[start:i]))
-			start = i + 1
-		}
+func parseRecoveryValue(v []byte) (recoveryFields, error) {
+	var f recoveryFields
+	// channel and tenant end at a 0x00; the conversation, which holds no
+	// 0x00, at the next one, which the 8-byte sequence follows.
+	i := bytes.IndexByte(v, 0)
+	j := -1
+	if i >= 0 {
+		j = bytes.IndexByte(v[i+1:], 0)
 	}
-	out = append(out, string(v[start:]))
-	if len(out) != n {
-		return nil
+	if i < 0 || j < 0 {
+		return f, fmt.Errorf("recovery value %q: want channel, tenant and conversation", v)
 	}
-	return out
+	j += i + 1
+	f.channel, f.tenant = string(v[:i]), string(v[i+1:j])
+	rest := v[j+1:]
+	k := bytes.IndexByte(rest, 0)
+	if k < 0 {
+		f.conversation = string(rest) // before schema 4
+		return f, nil
+	}
+	if len(rest) != k+1+8 {
+		return f, fmt.Errorf("recovery value %q: want an 8-byte sequence after the conversation", v)
+	}
+	f.conversation, f.seq = string(rest[:k]), binary.BigEndian.Uint64(rest[k+1:])
+	if f.seq == 0 {
+		return f, fmt.Errorf("recovery value %q: sequence 0", v)
+	}
+	return f, nil
 }
 
 func idempotencyKey(tenant, key string) []byte {

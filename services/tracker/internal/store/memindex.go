@@ -395,7 +395,10 @@ func (s *Store) loadIndex() error {
 		return fmt.Errorf("load recovery index: %w", err)
 	}
 	defer it.Close()
-	var changes []change
+	var (
+		changes []change
+		active  []activeEdit
+	)
 	for ok := it.First(); ok; ok = it.Next() {
 		kind, at, id, err := parseRecoveryKey(it.Key())
 		if err != nil {
@@ -405,11 +408,21 @@ func (s *Store) loadIndex() error {
 		if err != nil {
 			return fmt.Errorf("load recovery index: %w", err)
 		}
-		ch, tenant, conv, err := parseRecoveryValue(v)
+		f, err := parseRecoveryValue(v)
 		if err != nil {
 			return fmt.Errorf("load recovery index: %w", err)
 		}
-		changes = append(changes, change{add: true, kind: kind, e: entry{at: at, id: id, channel: ch, tenant: tenant, conversation: conv}})
+		if f.seq == 0 {
+			// Written before schema 4: the sequence is in the message.
+			m, err := s.getMessage(id)
+			if err != nil {
+				return fmt.Errorf("load recovery index: entry for %s: %w", id, err)
+			}
+			f.seq = m.GetSequence()
+		}
+		changes = append(changes, change{add: true, kind: kind, e: entry{at: at, id: id, channel: f.channel, tenant: f.tenant, conversation: f.conversation}})
+		active = append(active, activeEdit{add: true, stripe: s.stripe(f.tenant, f.conversation),
+			conv: convKey{f.tenant, f.conversation}, ref: activeRef{seq: f.seq, id: id}})
 	}
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("load recovery index: %w", err)
@@ -421,19 +434,18 @@ func (s *Store) loadIndex() error {
 	st := it.Stats()
 	s.recoveryDead.Store(int64(st.ForwardStepCount[pebble.InternalIterCall] - st.ForwardStepCount[pebble.InterfaceCall]))
 	s.index.apply(changes)
+	s.active.apply(active)
 	return nil
 }
 
-// RecoveryDead is how many dead entries the scans at Open of the recovery
-// index and of the conversations' active keys stepped over.
+// RecoveryDead is how many dead entries the scan of the recovery index at
+// Open stepped over.
 func (s *Store) RecoveryDead() int64 { return s.recoveryDead.Load() }
 
-// TidyRecoveryIndex compacts the key ranges of the recovery index and of
-// the conversations' active keys when the scans at Open stepped over more
-// dead entries than live ones (and at least minDead): each start scans
-// both ranges whole, so its cost should follow the pending messages, not
-// how many finished ones await a compaction. (Every pending message has
-// one entry in each range.)
+// TidyRecoveryIndex compacts the key range of the recovery index when the
+// scan at Open stepped over more dead entries than live ones (and at least
+// minDead): each start scans the range whole, so its cost should follow the
+// pending messages, not how many finished ones await a compaction.
 // It reports whether it compacted. Pebble compacts the range in the
 // background of serving; reads and commits go on meanwhile.
 func (s *Store) TidyRecoveryIndex(ctx context.Context, minDead int64) (bool, error) {
@@ -443,9 +455,6 @@ func (s *Store) TidyRecoveryIndex(ctx context.Context, minDead int64) (bool, err
 	}
 	if err := s.db.Compact(ctx, []byte{prefixRecovery}, []byte{prefixRecovery + 1}, false); err != nil {
 		return false, fmt.Errorf("compact the recovery index: %w", err)
-	}
-	if err := s.db.Compact(ctx, []byte{prefixConvActive}, []byte{prefixConvActive + 1}, false); err != nil {
-		return false, fmt.Errorf("compact the conversations' active keys: %w", err)
 	}
 	s.recoveryDead.Store(0)
 	return true, nil

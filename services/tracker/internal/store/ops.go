@@ -147,7 +147,6 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 		t.b.Set(idempotencyKey(m.Tenant, m.IdempotencyKey), []byte(m.Id), nil)
 	}
 	t.b.Set(convSeqKey(m.Tenant, m.Conversation), seqBytes(m.Sequence), nil)
-	t.b.Set(convSeqEntryKey(prefixConvActive, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.activeEdit(true, m)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(append(recipientPrefix(m.Tenant, m.Recipient), m.Id...), nil, nil)

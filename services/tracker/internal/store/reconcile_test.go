@@ -435,7 +435,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 	b := s.db.NewBatch()
 	b.Set(deliveryKey(first.Message.Id), mustMarshal(d), nil)
 	b.Delete(recoveryKey(recoveryUnknown, old.at, old.id), nil)
-	b.Set(recoveryKey(recoveryUnknown, d.UnknownSinceUnixNano, old.id), recoveryValue("mock", "t1", "c1"), nil)
+	b.Set(recoveryKey(recoveryUnknown, d.UnknownSinceUnixNano, old.id), recoveryValueV3("mock", "t1", "c1"), nil)
 	b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, 1), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		t.Fatal(err)

@@ -100,8 +100,8 @@ func (s *Store) RecoveryPlan(list bool, limit int) (Plan, error) {
 				return p, err
 			}
 			v, _ := it.ValueAndErr()
-			ch, _, _, _ := parseRecoveryValue(v)
-			add(PlanItem{ID: id, Channel: ch, Kind: "blocked", Action: "send after the earlier messages of its conversation"})
+			f, _ := parseRecoveryValue(v)
+			add(PlanItem{ID: id, Channel: f.channel, Kind: "blocked", Action: "send after the earlier messages of its conversation"})
 		}
 		if err := it.Close(); err != nil {
 			return p, err

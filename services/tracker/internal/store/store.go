@@ -137,8 +137,8 @@ type Store struct {
 		sync.Mutex
 		id string
 	}
-	// recoveryDead: dead entries the scans at Open of the recovery index
-	// and of the conversations' active keys met.
+	// recoveryDead: dead entries the scan of the recovery index at Open
+	// met.
 	recoveryDead atomic.Int64
 
 	closed atomic.Bool
@@ -262,12 +262,6 @@ func Open(dir string, o Options) (*Store, error) {
 		db.Close()
 		return nil, describeOpenError(dir, err)
 	}
-	dead, err := s.loadActive()
-	if err != nil {
-		db.Close()
-		return nil, describeOpenError(dir, err)
-	}
-	s.recoveryDead.Add(dead)
 	return s, nil
 }
 
@@ -366,11 +360,20 @@ func (s *Store) checkSchema() error {
 		return fmt.Errorf("%w: schema key holds %d bytes", ErrSchema, len(v))
 	}
 	got := binary.BigEndian.Uint32(v)
-	if got == 1 || got == 2 {
+	if got >= 1 && got < schemaVersion {
 		// Earlier versions' records are valid records of this one (see
-		// schemaVersion): the version key alone changes, so that a build
-		// that reads only the older versions refuses the store.
-		if err := s.db.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), pebble.Sync); err != nil {
+		// schemaVersion); the conversation-active keys they kept are
+		// dropped. The version key changes in the same batch, so that a
+		// build that reads only the older versions refuses the store.
+		b := s.db.NewBatch()
+		defer b.Close()
+		if err := b.DeleteRange([]byte{prefixConvActiveRetired}, []byte{prefixConvActiveRetired + 1}, nil); err != nil {
+			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
+		}
+		if err := b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), nil); err != nil {
+			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
+		}
+		if err := b.Commit(pebble.Sync); err != nil {
 			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
 		}
 		s.log.Info("store upgraded in place", "from_schema", got, "to_schema", schemaVersion)

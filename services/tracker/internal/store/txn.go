@@ -98,7 +98,7 @@ func (t *txn) setIndex(m *storev1.Message, d *storev1.Delivery) {
 		return
 	}
 	e := entry{at: at, id: m.GetId(), channel: m.GetChannel(), tenant: m.GetTenant(), conversation: m.GetConversation()}
-	t.b.Set(recoveryKey(kind, at, e.id), recoveryValue(e.channel, e.tenant, e.conversation), nil)
+	t.b.Set(recoveryKey(kind, at, e.id), recoveryValue(e.channel, e.tenant, e.conversation, m.GetSequence()), nil)
 	t.changes = append(t.changes, change{add: true, kind: kind, e: e})
 	if kind == recoveryBlocked {
 		t.blockedAdded++
@@ -165,11 +165,11 @@ func (t *txn) transition(m *storev1.Message, old, next *storev1.Delivery) error 
 	return nil
 }
 
-// leaveConversation removes m from its conversation's active set and, if
-// that makes another message the head, unblocks it.
+// leaveConversation removes m from its conversation's active set (in
+// memory: durably, leaving the recovery index, which the caller's
+// transition does, is leaving the conversation) and, if that makes another
+// message the head, unblocks it.
 func (t *txn) leaveConversation(m *storev1.Message) error {
-	key := convSeqEntryKey(prefixConvActive, m.GetTenant(), m.GetConversation(), m.GetSequence())
-	t.b.SingleDelete(key, nil) // set once at Accept (or Redrive): see deleteIndex
 	t.inactive[m.GetId()] = true
 	t.activeEdit(false, m)
 	// Only a blocked message is ever promoted, and the memory index counts
@@ -210,7 +210,7 @@ func (t *txn) head(tenant, conversation string) string {
 }
 
 // activeEdit records that m joins (add) or leaves its conversation's
-// active set; the batch writes or deletes the key itself.
+// active set, as the batch's recovery-index entries do durably.
 func (t *txn) activeEdit(add bool, m *storev1.Message) {
 	t.activeEdits = append(t.activeEdits, activeEdit{
 		add:    add,
