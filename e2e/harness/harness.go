@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -276,7 +277,8 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// Sink is a webhook receiver that counts deliveries per webhook-id.
+// Sink is a webhook receiver that counts deliveries per webhook-id, with
+// the time each reached it (its first byte's arrival, as HoldSink's).
 type Sink struct {
 	URL string
 
@@ -295,13 +297,14 @@ func NewSink() (*Sink, error) {
 		return nil, err
 	}
 	s := &Sink{URL: "http://" + l.Addr().String() + "/hook", counts: map[string]int{}, times: map[string][]time.Time{}}
-	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
-	go s.srv.Serve(l)
+	s.srv = newFirstByteServer(http.HandlerFunc(s.serve))
+	go s.srv.Serve(firstByteListener{l})
 	return s, nil
 }
 
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	io.Copy(io.Discard, r.Body)
+	at := arrival(r)
 	id := r.Header.Get("webhook-id")
 	if s.Status != nil {
 		if code := s.Status(id); code != 0 && code/100 != 2 {
@@ -311,7 +314,7 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.counts[id]++
-	s.times[id] = append(s.times[id], time.Now())
+	s.times[id] = append(s.times[id], at)
 	s.mu.Unlock()
 	w.WriteHeader(http.StatusOK)
 }
@@ -327,11 +330,13 @@ func (s *Sink) Counts() map[string]int {
 	return out
 }
 
-// Times returns when each delivery of id arrived.
+// Times returns when each delivery of id arrived, earliest first.
 func (s *Sink) Times(id string) []time.Time {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Time(nil), s.times[id]...)
+	out := append([]time.Time(nil), s.times[id]...)
+	s.mu.Unlock()
+	slices.SortFunc(out, time.Time.Compare)
+	return out
 }
 
 // Total is the number of deliveries received.
@@ -433,6 +438,29 @@ func (c *firstByteConn) take() time.Time {
 	return c.first
 }
 
+// newFirstByteServer is an HTTP server for a firstByteListener: each
+// request's context holds its connection, for arrival.
+func newFirstByteServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, firstByteKey{}, c)
+		},
+	}
+}
+
+// arrival returns when r's first byte arrived, or now when its connection
+// did not record it; call it once per request, after reading the body.
+func arrival(r *http.Request) time.Time {
+	if c, ok := r.Context().Value(firstByteKey{}).(*firstByteConn); ok {
+		if f := c.take(); !f.IsZero() {
+			return f
+		}
+	}
+	return time.Now()
+}
+
 type firstByteListener struct{ net.Listener }
 
 func (l firstByteListener) Accept() (net.Conn, error) {
@@ -450,13 +478,7 @@ func NewHoldSink() (*HoldSink, error) {
 		return nil, err
 	}
 	s := &HoldSink{URL: "http://" + l.Addr().String()}
-	s.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.serve),
-		ReadHeaderTimeout: 5 * time.Second,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, firstByteKey{}, c)
-		},
-	}
+	s.srv = newFirstByteServer(http.HandlerFunc(s.serve))
 	go s.srv.Serve(firstByteListener{l})
 	return s, nil
 }
@@ -478,12 +500,7 @@ func (s *HoldSink) serve(w http.ResponseWriter, r *http.Request) {
 		Text string `json:"text"`
 	}
 	json.Unmarshal(body, &p)
-	first := entered
-	if c, ok := r.Context().Value(firstByteKey{}).(*firstByteConn); ok {
-		if f := c.take(); !f.IsZero() {
-			first = f
-		}
-	}
+	first := arrival(r)
 	a := Arrival{ID: r.Header.Get("webhook-id"), Path: r.URL.RequestURI(), Text: p.Text, FirstByte: first, Entered: entered}
 	s.mu.Lock()
 	var hold *Hold
