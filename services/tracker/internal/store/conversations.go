@@ -84,7 +84,7 @@ func (a *activeSets) apply(edits []activeEdit) {
 		}
 		// An add of a sequence already in the set, or a removal of one
 		// not in it, would mean the sets and Pebble disagree; every batch
-		// edits both (TestActiveSetsFollowPebble), so neither happens.
+		// edits both (TestActiveSetsFollowTheRecoveryIndex), so neither happens.
 		if len(refs) == 0 {
 			delete(m, e.conv)
 		} else {
