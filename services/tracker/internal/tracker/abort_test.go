@@ -7,17 +7,14 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
-	"github.com/heraldchat/herald/services/tracker/trackertest"
 )
 
 // TestAbortAnswersOnceTheAttemptInFlightEnded: Abort of a message (or of
-// the streamed reply it is a chunk of) whose attempt is in flight answers only after that attempt's outcome is
-// recorded, with the state it ends in: ABORTED when the call was cut,
+// the streamed reply it is a chunk of) whose attempt is in flight answers
+// only after that attempt's outcome is recorded, with the state it ends in: ABORTED when the call was cut,
 // DELIVERED when the provider confirmed it. An Abort that answered at once
 // would let the provider call go on after the acknowledgement (the tracker
 // alone cannot stop it; the queue cancels it on the abort's event).
@@ -33,12 +30,7 @@ func TestAbortAnswersOnceTheAttemptInFlightEnded(t *testing.T) {
 		{"reply, chunk's call cut by the abort", true, trackerv1.Result_RESULT_UNKNOWN, storev1.State_STATE_ABORTED},
 		{"reply, chunk confirmed first", true, trackerv1.Result_RESULT_DELIVERED, storev1.State_STATE_DELIVERED},
 	}
-	conn, err := grpc.NewClient(trackertest.Start(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tc := trackerv1.NewTrackerServiceClient(conn)
+	tc := startTracker(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -20,12 +20,7 @@ import (
 // it waited out wait_ms while the caller's deliveries finished: the queue
 // sat idle for a second at a time with a backlog pending.
 func TestLeaseAnswersAtOnceWhenOnlySlotsHoldWorkBack(t *testing.T) {
-	conn, err := grpc.NewClient(trackertest.Start(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tc := trackerv1.NewTrackerServiceClient(conn)
+	tc := startTracker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	id := ulid.Make().String()
@@ -56,4 +51,16 @@ func TestLeaseAnswersAtOnceWhenOnlySlotsHoldWorkBack(t *testing.T) {
 	if len(resp.GetLeases()) != 1 || resp.GetLeases()[0].GetMessage().GetId() != id {
 		t.Fatalf("lease with a free mock slot: %v", resp.GetLeases())
 	}
+}
+
+// startTracker serves a tracker in-process until the test ends and returns
+// a client of it.
+func startTracker(t *testing.T) trackerv1.TrackerServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(trackertest.Start(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return trackerv1.NewTrackerServiceClient(conn)
 }
