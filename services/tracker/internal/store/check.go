@@ -102,13 +102,12 @@ func (s *Store) Check() Report {
 }
 
 // checkRecoveryValue reports a recovery-index value that does not carry
-// its message's channel, tenant, conversation and sequence (a value written
-// before schema 4 has no sequence): the sequence orders the message in its
-// conversation's active set.
+// its message's channel, tenant, conversation and sequence: the sequence
+// orders the message in its conversation's active set.
 func checkRecoveryValue(c *checker, id string, v []byte, m *storev1.Message) {
 	f, err := parseRecoveryValue(v)
 	if err != nil || f.channel != m.GetChannel() || f.tenant != m.GetTenant() || f.conversation != m.GetConversation() ||
-		(f.seq != 0 && f.seq != m.GetSequence()) {
+		f.seq != m.GetSequence() {
 		c.problem("recovery entry for %s carries %q, want its channel, tenant, conversation and sequence %d", id, v, m.GetSequence())
 	}
 }

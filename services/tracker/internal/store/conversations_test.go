@@ -33,13 +33,6 @@ func activeInIndex(t *testing.T, s *Store) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.seq == 0 {
-			m, err := s.getMessage(id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.seq = m.GetSequence()
-		}
 		out[activeName(f.tenant, f.conversation, f.seq)] = id
 	}
 	if err := it.Error(); err != nil {
@@ -170,9 +163,9 @@ func recoveryValueV3(channel, tenant, conversation string) []byte {
 // TestSchemaUpgradeFromVersion3RebuildsActiveSets: a version 3 store kept
 // each conversation's active messages under their own keys, and its index
 // entries carry no sequence. Open upgrades it: the retired keys are gone,
-// the active sets come from the index (the sequences from the messages),
-// so a blocked message still waits for its conversation's head and goes
-// next, and an entry rewritten after the upgrade carries its sequence.
+// each entry carries its message's sequence, the active sets come from the
+// index, so a blocked message still waits for its conversation's head and
+// goes next.
 func TestSchemaUpgradeFromVersion3RebuildsActiveSets(t *testing.T) {
 	fs := vfs.NewMem()
 	c := newClock()
@@ -181,26 +174,7 @@ func TestSchemaUpgradeFromVersion3RebuildsActiveSets(t *testing.T) {
 	for _, m := range []*storev1.Message{first, second, other} {
 		mustAccept(t, s, m)
 	}
-	// Rewrite the store as version 3 wrote it.
-	b := s.db.NewBatch()
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		f, err := parseRecoveryValue(it.Value())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _, id, _ := parseRecoveryKey(it.Key())
-		b.Set(slices.Clone(it.Key()), recoveryValueV3(f.channel, f.tenant, f.conversation), nil)
-		b.Set(binary.BigEndian.AppendUint64([]byte(string(convPrefix(prefixConvActiveRetired, f.tenant, f.conversation))), f.seq), []byte(id), nil)
-	}
-	it.Close()
-	b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, 3), nil)
-	if err := b.Commit(pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
+	writeAsVersion3(t, s)
 	s.Close()
 
 	s = openTest(t, fs, c, PolicyFail)
@@ -224,7 +198,7 @@ func TestSchemaUpgradeFromVersion3RebuildsActiveSets(t *testing.T) {
 	if len(next) != 1 || next[0].Message.Id != second.Id {
 		t.Fatalf("after a's first was delivered, leased %v, want a's second", next)
 	}
-	// Rewritten at lease: the entry now carries its sequence.
+	// The entry carries its sequence (given by the upgrade, kept at lease).
 	f := indexValueOf(t, s, second.Id)
 	if f.seq != 2 {
 		t.Fatalf("a's second's entry after the lease carries sequence %d, want 2", f.seq)
@@ -232,6 +206,63 @@ func TestSchemaUpgradeFromVersion3RebuildsActiveSets(t *testing.T) {
 	deliver(t, s, next[0])
 	if r := s.Verify(true); len(r.Problems) > 0 {
 		t.Fatalf("verify: %v", r.Problems)
+	}
+}
+
+// writeAsVersion3 rewrites the store's index and active messages as schema
+// 3 wrote them: index values without a sequence, a conversation-active key
+// per unfinished message.
+func writeAsVersion3(t *testing.T, s *Store) {
+	t.Helper()
+	b := s.db.NewBatch()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		f, err := parseRecoveryValue(it.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, id, _ := parseRecoveryKey(it.Key())
+		b.Set(slices.Clone(it.Key()), recoveryValueV3(f.channel, f.tenant, f.conversation), nil)
+		b.Set(convSeqEntryKey(prefixConvActiveRetired, f.tenant, f.conversation, f.seq), []byte(id), nil)
+	}
+	it.Close()
+	b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, 3), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUpgradeGivesEveryEntryItsSequence: the upgrade rewrites more index
+// entries than one of its batches holds, and each ends up with its
+// message's sequence.
+func TestUpgradeGivesEveryEntryItsSequence(t *testing.T) {
+	fs := vfs.NewMem()
+	c := newClock()
+	s := openTest(t, fs, c, PolicyFail)
+	const n = upgradeBatch + 10
+	for done := 0; done < n; done += 512 {
+		msgs := make([]*storev1.Message, min(512, n-done))
+		for i := range msgs {
+			msgs[i] = newMessage(fmt.Sprint("c", (done+i)%10))
+		}
+		if _, errs := s.AcceptBatch(msgs); errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+	}
+	writeAsVersion3(t, s)
+	s.Close()
+
+	s = openTest(t, fs, c, PolicyFail)
+	defer s.Close()
+	checkUpgraded(t, s, 3)
+	if r := s.Check(); len(r.Problems) > 0 || r.RecoveryEntries != n {
+		t.Fatalf("check after the upgrade: %d entries (want %d), problems %v", r.RecoveryEntries, n, r.Problems)
+	}
+	if mem := activeInMemory(t, s); len(mem) != n || !maps.Equal(mem, activeInIndex(t, s)) {
+		t.Fatalf("after the upgrade %d active in memory, want %d, as the index holds them", len(mem), n)
 	}
 }
 

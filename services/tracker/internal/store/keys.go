@@ -107,10 +107,10 @@ const (
 //	4  no conversation-active keys: a recovery-index entry carries its
 //	   message's sequence, and Open builds each conversation's active
 //	   messages from the index. Open upgrades an older store in place: it
-//	   deletes the retired range with the version key in one synced batch;
-//	   its index entries without a sequence are read with their message's
-//	   until they are rewritten. A version 3 build would find no active
-//	   messages, and refuses the store.
+//	   gives each index entry its message's sequence, then deletes the
+//	   retired range with the version key in one synced batch (see
+//	   Store.upgrade). A version 3 build would find no active messages, and
+//	   refuses the store.
 const schemaVersion uint32 = 4
 
 const idLen = 26
@@ -172,7 +172,8 @@ func recoveryValue(channel, tenant, conversation string, seq uint64) []byte {
 }
 
 // recoveryFields is a parsed recovery-index value. seq is 0 in a value
-// written before schema 4, which did not carry it.
+// written before schema 4, which did not carry it (Store.upgrade gives it
+// one).
 type recoveryFields struct {
 	channel, tenant, conversation string
 	seq                           uint64

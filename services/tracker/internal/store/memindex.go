@@ -412,13 +412,8 @@ func (s *Store) loadIndex() error {
 		if err != nil {
 			return fmt.Errorf("load recovery index: %w", err)
 		}
-		if f.seq == 0 {
-			// Written before schema 4: the sequence is in the message.
-			m, err := s.getMessage(id)
-			if err != nil {
-				return fmt.Errorf("load recovery index: entry for %s: %w", id, err)
-			}
-			f.seq = m.GetSequence()
+		if f.seq == 0 { // the upgrade to schema 4 gave every entry one
+			return fmt.Errorf("load recovery index: the entry for %s carries no sequence", id)
 		}
 		changes = append(changes, change{add: true, kind: kind, e: entry{at: at, id: id, channel: f.channel, tenant: f.tenant, conversation: f.conversation}})
 		active = append(active, activeEdit{add: true, stripe: s.stripe(f.tenant, f.conversation),

@@ -361,19 +361,7 @@ func (s *Store) checkSchema() error {
 	}
 	got := binary.BigEndian.Uint32(v)
 	if got >= 1 && got < schemaVersion {
-		// Earlier versions' records are valid records of this one (see
-		// schemaVersion); the conversation-active keys they kept are
-		// dropped. The version key changes in the same batch, so that a
-		// build that reads only the older versions refuses the store.
-		b := s.db.NewBatch()
-		defer b.Close()
-		if err := b.DeleteRange([]byte{prefixConvActiveRetired}, []byte{prefixConvActiveRetired + 1}, nil); err != nil {
-			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
-		}
-		if err := b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), nil); err != nil {
-			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
-		}
-		if err := b.Commit(pebble.Sync); err != nil {
+		if err := s.upgrade(); err != nil {
 			return fmt.Errorf("upgrade schema version %d to %d: %w", got, schemaVersion, err)
 		}
 		s.log.Info("store upgraded in place", "from_schema", got, "to_schema", schemaVersion)
@@ -383,6 +371,67 @@ func (s *Store) checkSchema() error {
 		return fmt.Errorf("%w: the store is version %d, this build reads versions 1 to %d", ErrSchema, got, schemaVersion)
 	}
 	return nil
+}
+
+// upgradeBatch bounds the index entries one batch of upgrade rewrites.
+const upgradeBatch = 4096
+
+// upgrade makes a store of an earlier version one of this version. Their
+// records are valid records of this one (see schemaVersion), but before
+// schema 4 a recovery-index entry carried no sequence and each
+// conversation's active messages had keys of their own: upgrade gives
+// every entry its message's sequence, then deletes the retired range and
+// writes the version key in one synced batch, so that a build that reads
+// only the older versions refuses the store. Its cost follows the pending
+// messages. A crash part way leaves the old version key, and the next Open
+// upgrades again; an entry that already carries its sequence is left as
+// it is.
+func (s *Store) upgrade() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecovery}, UpperBound: []byte{prefixRecovery + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	defer func() { b.Close() }()
+	for ok := it.First(); ok; ok = it.Next() {
+		_, _, id, err := parseRecoveryKey(it.Key())
+		if err != nil {
+			return err
+		}
+		f, err := parseRecoveryValue(it.Value())
+		if err != nil {
+			return err
+		}
+		if f.seq != 0 {
+			continue
+		}
+		m, err := s.getMessage(id)
+		if err != nil {
+			return fmt.Errorf("recovery entry for %s: %w", id, err)
+		}
+		if err := b.Set(it.Key(), recoveryValue(f.channel, f.tenant, f.conversation, m.GetSequence()), nil); err != nil {
+			return err
+		}
+		// The last batch's synced commit makes these durable too.
+		if b.Count() >= upgradeBatch {
+			if err := b.Commit(pebble.NoSync); err != nil {
+				return err
+			}
+			b.Close()
+			b = s.db.NewBatch()
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if err := b.DeleteRange([]byte{prefixConvActiveRetired}, []byte{prefixConvActiveRetired + 1}, nil); err != nil {
+		return err
+	}
+	if err := b.Set(metaSchemaKey, binary.BigEndian.AppendUint32(nil, schemaVersion), nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
 }
 
 func (s *Store) lastEventSequence() (uint64, error) {
