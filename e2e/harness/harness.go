@@ -362,8 +362,8 @@ type Arrival struct {
 	// Text is the "text" field of the JSON body, if any.
 	Text string
 	// FirstByte is when the first byte of the request reached the sink's
-	// socket (the kernel's receive timestamp on Linux; elsewhere, when the
-	// sink read it); Entered is when the handler started.
+	// socket (the kernel's receive timestamp); Entered is when the handler
+	// started.
 	FirstByte, Entered time.Time
 	// Held is true when a Hold kept the request open.
 	Held bool
@@ -407,7 +407,7 @@ type firstByteKey struct{}
 // firstByteConn records when the first byte of each request arrived: a
 // read after the previous request was answered starts the next one (HTTP/1.1
 // clients send the next request only after reading the answer). The time is
-// the kernel's receive timestamp where the platform gives one (see
+// the kernel's receive timestamp where the socket gives one (see
 // arrivalReader), else the time of the read.
 type firstByteConn struct {
 	net.Conn
@@ -418,7 +418,7 @@ type firstByteConn struct {
 }
 
 func (c *firstByteConn) Read(b []byte) (int, error) {
-	n, at, err := c.r.read(b)
+	n, at, err := c.r.read(c.Conn, b)
 	if n > 0 {
 		c.mu.Lock()
 		if c.idle {

@@ -116,22 +116,14 @@ func run(args []string) error {
 		return fmt.Errorf("-subject=%q: give store or pebble", *subject)
 	}
 
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
 	}
 	f0, cpu0 := fsyncs(), load.CPUTime().Seconds()
 	lat, elapsed, err := load.ClosedLoop(context.Background(), *writers, *dur, func(context.Context, int) error { return write() })
 	cpu1, f1 := load.CPUTime().Seconds(), fsyncs()
-	if *cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	if cerr := closer(); err == nil {
 		err = cerr
 	}
@@ -142,6 +134,26 @@ func run(args []string) error {
 	r := Result{Subject: *subject, Writers: *writers, Ops: len(lat), Seconds: elapsed.Seconds(),
 		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM(), P50ns: int64(p50), P99ns: int64(p99)}
 	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called; with
+// no path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // vmHWM reads the peak resident set size from /proc/self/status (0 when

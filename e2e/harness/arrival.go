@@ -19,7 +19,6 @@ import (
 // of the newest segment the read consumed, so it is never earlier than the
 // first byte's arrival.
 type arrivalReader struct {
-	c   net.Conn
 	raw syscall.RawConn // nil: no timestamps, plain reads
 	oob []byte
 }
@@ -27,11 +26,11 @@ type arrivalReader struct {
 func newArrivalReader(c net.Conn) arrivalReader {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return arrivalReader{c: c}
+		return arrivalReader{}
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return arrivalReader{c: c}
+		return arrivalReader{}
 	}
 	var serr error
 	err = raw.Control(func(fd uintptr) {
@@ -39,15 +38,16 @@ func newArrivalReader(c net.Conn) arrivalReader {
 			unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE)
 	})
 	if err != nil || serr != nil {
-		return arrivalReader{c: c}
+		return arrivalReader{}
 	}
-	return arrivalReader{c: c, raw: raw, oob: make([]byte, unix.CmsgSpace(3*16))}
+	return arrivalReader{raw: raw, oob: make([]byte, unix.CmsgSpace(3*16))}
 }
 
-// read reads into b and returns when the bytes arrived.
-func (r *arrivalReader) read(b []byte) (int, time.Time, error) {
+// read reads c (the connection r was made for) into b and returns when the
+// bytes arrived.
+func (r *arrivalReader) read(c net.Conn, b []byte) (int, time.Time, error) {
 	if r.raw == nil {
-		n, err := r.c.Read(b)
+		n, err := c.Read(b)
 		return n, time.Now(), err
 	}
 	var n, oobn int
