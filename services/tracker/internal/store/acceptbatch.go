@@ -149,7 +149,9 @@ func (s *Store) readRound(msgs []*storev1.Message, round []int) (*roundReads, er
 	var ids [][]byte
 	for _, i := range round {
 		m := msgs[i]
-		convs = append(convs, convSeqKey(m.Tenant, m.Conversation))
+		if k := convSeqKey(m.Tenant, m.Conversation); s.convs.mayExist(k) {
+			convs = append(convs, k)
+		}
 		if !s.claimNewest(m.Id) { // an id newer than every stored one needs no lookup
 			ids = append(ids, messageKey(m.Id))
 		}

@@ -117,12 +117,15 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	if exists {
 		return Accepted{}, fmt.Errorf("%w: %s", ErrExists, m.Id)
 	}
+	seqKey := convSeqKey(m.Tenant, m.Conversation)
 	var last uint64
 	var err error
 	if known != nil {
-		last = known.lastSeq[string(convSeqKey(m.Tenant, m.Conversation))]
-	} else if last, err = s.lastSequence(m.Tenant, m.Conversation); err != nil {
-		return Accepted{}, err
+		last = known.lastSeq[string(seqKey)]
+	} else if s.convs.mayExist(seqKey) {
+		if last, err = s.lastSequence(seqKey); err != nil {
+			return Accepted{}, err
+		}
 	}
 	var head string
 	if last > 0 { // a new conversation has no active message to wait for
@@ -146,7 +149,8 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	if m.IdempotencyKey != "" {
 		t.b.Set(idempotencyKey(m.Tenant, m.IdempotencyKey), []byte(m.Id), nil)
 	}
-	t.b.Set(convSeqKey(m.Tenant, m.Conversation), seqBytes(m.Sequence), nil)
+	s.convs.add(seqKey) // before the commit: see convFilter
+	t.b.Set(seqKey, seqBytes(m.Sequence), nil)
 	t.activeEdit(true, m)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)
 	t.b.Set(append(recipientPrefix(m.Tenant, m.Recipient), m.Id...), nil, nil)
@@ -157,8 +161,10 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	return Accepted{Message: m, Delivery: d}, nil
 }
 
-func (s *Store) lastSequence(tenant, conversation string) (uint64, error) {
-	v, closer, err := s.db.Get(convSeqKey(tenant, conversation))
+// lastSequence reads a conversation's last sequence (0: none yet) from its
+// conversation-sequence key.
+func (s *Store) lastSequence(seqKey []byte) (uint64, error) {
+	v, closer, err := s.db.Get(seqKey)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil
 	}

@@ -82,6 +82,12 @@ type Options struct {
 	// noAutoCompactions keeps Pebble from compacting on its own (tests
 	// that need tables to stay as flushed).
 	noAutoCompactions bool
+	// convFilterMax is the most keys the conversation filter takes before
+	// it is dropped (0: convFilterMaxKeys); tests set less.
+	convFilterMax uint
+	// convFilterScanned is called after each chunk of the conversation
+	// filter's scan at Open (tests pause it).
+	convFilterScanned func()
 	// OnCommit, if set, is called after every successful Sync commit with
 	// how long the commit (fsync included) took. It runs on the committing
 	// goroutine, with the batch's stripe locks held: it must be fast.
@@ -137,6 +143,9 @@ type Store struct {
 		sync.Mutex
 		id string
 	}
+	// convs tells an Accept into a new conversation that it need not look
+	// up the conversation's sequence (convFilter).
+	convs *convFilter
 	// recoveryDead: dead entries the scan of the recovery index at Open
 	// met.
 	recoveryDead atomic.Int64
@@ -154,6 +163,9 @@ type Store struct {
 func Open(dir string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.convFilterMax == 0 {
+		o.convFilterMax = convFilterMaxKeys
 	}
 	if o.MaxPending == 0 {
 		o.MaxPending = 1_000_000
@@ -262,6 +274,9 @@ func Open(dir string, o Options) (*Store, error) {
 		db.Close()
 		return nil, describeOpenError(dir, err)
 	}
+	s.convs = newConvFilter(convFilterBits, o.convFilterMax)
+	s.convs.scanned = o.convFilterScanned
+	go s.convs.scan(db)
 	return s, nil
 }
 
@@ -329,6 +344,7 @@ func (s *Store) Close() error {
 	}
 	s.index.close()
 	s.events.close()
+	s.convs.close()
 	if err := s.db.Flush(); err != nil {
 		s.db.Close()
 		return fmt.Errorf("flush store: %w", err)
