@@ -90,7 +90,9 @@ func TestCostGrowth(t *testing.T) {
 	// Rounds of three seconds: over one, a p99 was decided by whether a
 	// flush or compaction happened to fall into it, and the first round of
 	// the grown store paid for reading its bloom filters into the cache.
-	p99None, p99Backlog := interleave(t, filepath.Join(t.TempDir(), "fresh2"), copyStore(t, backlog), 16, 5, 3*time.Second, func(r load) float64 { return r.p99.Seconds() * 1e3 })
+	// Nine of them: over five, the ratio still swung by a quarter from run
+	// to run (0.86 and 1.25 on one build).
+	p99None, p99Backlog := interleave(t, filepath.Join(t.TempDir(), "fresh2"), copyStore(t, backlog), 16, 9, 3*time.Second, func(r load) float64 { return r.p99.Seconds() * 1e3 })
 
 	rows := []struct {
 		what        string
