@@ -22,8 +22,8 @@ import (
 // message in the matching state, once, and carries its channel, tenant,
 // conversation and sequence (from which Open built the conversations'
 // active sets); the per-state counters of non-terminal states add up to
-// the index. Report.Counts holds the counters; Messages
-// is their sum. Block checksums of the whole store are Scrub's job.
+// the index. Report.Counts holds the counters; Messages is their sum.
+// Block checksums of the whole store are Scrub's job.
 func (s *Store) Check() Report {
 	c, done := s.newChecker()
 	defer done()

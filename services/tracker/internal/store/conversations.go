@@ -13,9 +13,9 @@ type activeRef struct {
 
 // activeSets holds each conversation's non-terminal messages in sequence
 // order, the first being its head: in memory, the recovery index's entries
-// grouped by conversation (each carries its message's sequence). Accept asks whether a conversation has an active message (the
-// new one waits behind it) and a message that finishes hands the turn to
-// the next; reading the head from Pebble instead opens an iterator over the
+// grouped by conversation (each carries its message's sequence). Accept
+// asks whether a conversation has an active message (the new one waits
+// behind it) and a message that finishes hands the turn to the next; reading the head from Pebble instead opens an iterator over the
 // conversation's active keys, which no bloom filter answers and which must
 // step over the single deletes of its delivered messages until a
 // compaction drops them: a third of the tracker's CPU when conversations

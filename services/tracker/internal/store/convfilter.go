@@ -19,10 +19,11 @@ import (
 //
 // Every key is given to it: the ones stored before Open by a scan that
 // Open starts in the background (until the scan ends, every lookup reads
-// Pebble), and each one written since by the Accept that writes it, before
-// its batch commits, under the conversation's stripe lock, which every
-// lookup of that conversation holds too. Nothing deletes a conversation's
-// sequence, so the filter never holds a key that must be looked up again.
+// Pebble), and each one written since by the Accept that starts its
+// conversation, before its batch commits, under the conversation's stripe
+// lock, which every lookup of that conversation holds too. A later Accept
+// into the conversation finds its key stored (nothing deletes one) and
+// the key in the filter already, from the scan or from that first Accept.
 //
 // Its memory is fixed, convFilterBits bits (4 MiB), whatever the history.
 // A new conversation is looked up anyway about once in 100,000 Accepts
@@ -31,11 +32,10 @@ import (
 // the filter is dropped and every lookup reads Pebble, as without it.
 type convFilter struct {
 	mu     sync.Mutex
-	filter *bloom.BloomFilter
-	keys   uint // distinct keys added (less the few a false positive hid)
-	max    uint // convFilterMaxKeys; tests set less
-	ready  bool // the scan has given every key stored before Open
-	off    bool // past max: every lookup reads Pebble
+	filter *bloom.BloomFilter // nil once past max: every lookup reads Pebble
+	keys   uint               // distinct keys added (less the few a false positive hid)
+	max    uint               // convFilterMaxKeys; tests set less
+	ready  bool               // the scan has given every key stored before Open
 	stop   chan struct{}
 	done   chan struct{}
 	// scanned, when not nil, is called after each chunk of the scan
@@ -67,7 +67,7 @@ func newConvFilter(bits, max uint) *convFilter {
 func (f *convFilter) mayExist(key []byte) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return !f.ready || f.off || f.filter.Test(key)
+	return !f.ready || f.filter == nil || f.filter.Test(key)
 }
 
 // add gives the filter a key about to be stored.
@@ -78,14 +78,14 @@ func (f *convFilter) add(key []byte) {
 }
 
 func (f *convFilter) addLocked(key []byte) {
-	if f.off {
+	if f.filter == nil {
 		return
 	}
 	if !f.filter.TestAndAdd(key) {
 		f.keys++
 	}
 	if f.keys > f.max {
-		f.off, f.filter = true, nil
+		f.filter = nil
 	}
 }
 

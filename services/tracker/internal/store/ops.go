@@ -149,7 +149,9 @@ func (t *txn) accept(m *storev1.Message, extra func(t *txn), known *roundReads) 
 	if m.IdempotencyKey != "" {
 		t.b.Set(idempotencyKey(m.Tenant, m.IdempotencyKey), []byte(m.Id), nil)
 	}
-	s.convs.add(seqKey) // before the commit: see convFilter
+	if last == 0 {
+		s.convs.add(seqKey) // a new conversation, before the commit: see convFilter
+	}
 	t.b.Set(seqKey, seqBytes(m.Sequence), nil)
 	t.activeEdit(true, m)
 	t.b.Set(convSeqEntryKey(prefixConvHistory, m.Tenant, m.Conversation, m.Sequence), []byte(m.Id), nil)

@@ -118,10 +118,10 @@ const maxProblems = 1000
 // one is; idempotency keys point to existing messages; per-conversation
 // sequences have no gaps; each index entry carries its message's
 // conversation and sequence (each conversation's active set); the
-// per-state counters match the records. With
-// full, it also checks that event sequences strictly increase (holes left by
-// a crash are counted, not reported) and that every record
-// decodes. It can run while the store serves.
+// per-state counters match the records. With full, it also checks that
+// event sequences strictly increase (holes left by a crash are counted,
+// not reported) and that every record decodes. It can run while the store
+// serves.
 func (s *Store) Verify(full bool) Report {
 	c, done := s.newChecker()
 	defer done()

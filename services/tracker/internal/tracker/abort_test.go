@@ -14,8 +14,8 @@ import (
 
 // TestAbortAnswersOnceTheAttemptInFlightEnded: Abort of a message (or of
 // the streamed reply it is a chunk of) whose attempt is in flight answers
-// only after that attempt's outcome is recorded, with the state it ends in: ABORTED when the call was cut,
-// DELIVERED when the provider confirmed it. An Abort that answered at once
+// only after that attempt's outcome is recorded, with the state it ends in:
+// ABORTED when the call was cut, DELIVERED when the provider confirmed it. An Abort that answered at once
 // would let the provider call go on after the acknowledgement (the tracker
 // alone cannot stop it; the queue cancels it on the abort's event).
 func TestAbortAnswersOnceTheAttemptInFlightEnded(t *testing.T) {
