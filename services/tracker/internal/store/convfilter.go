@@ -1,10 +1,13 @@
 package store
 
 import (
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/bits-and-blooms/bloom/v3"
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // convFilter answers, without reading Pebble, that a conversation has no
@@ -17,13 +20,21 @@ import (
 // say "maybe" for a key it never saw (then the lookup is made, as
 // without it) but never "no" for a key it was given.
 //
-// Every key is given to it: the ones stored before Open by a scan that
-// Open starts in the background (until the scan ends, every lookup reads
+// Every key is given to it: the ones stored before Open by a load that
+// Open starts in the background (until it ends, every lookup reads
 // Pebble), and each one written since by the Accept that starts its
 // conversation, before its batch commits, under the conversation's stripe
 // lock, which every lookup of that conversation holds too. A later Accept
 // into the conversation finds its key stored (nothing deletes one) and
-// the key in the filter already, from the scan or from that first Accept.
+// the key in the filter already, from the load or from that first Accept.
+//
+// The load reads the filter Close saved (convFilterFile) and adds the
+// conversations of the message.accepted events logged after it; without a
+// saved filter that fits the store (none, damaged, from another store, or
+// too many events after it: a crash long after the last clean stop), it
+// scans every conversation-sequence key, which steps over each version
+// compactions have not yet dropped and leaves the blocks it read in the
+// block cache.
 //
 // Its memory is fixed, convFilterBits bits (4 MiB), whatever the history.
 // A new conversation is looked up anyway about once in 100,000 Accepts
@@ -33,13 +44,15 @@ import (
 type convFilter struct {
 	mu     sync.Mutex
 	filter *bloom.BloomFilter // nil once past max: every lookup reads Pebble
+	bits   uint               // the filter's size
 	keys   uint               // distinct keys added (less the few a false positive hid)
 	max    uint               // convFilterMaxKeys; tests set less
-	ready  bool               // the scan has given every key stored before Open
+	ready  bool               // the load has given every key stored before Open
+	loaded string             // how: "saved" or "scan" (tests and the log)
 	stop   chan struct{}
 	done   chan struct{}
-	// scanned, when not nil, is called after each chunk of the scan
-	// (tests pause the scan with it).
+	// scanned, when not nil, is called after each chunk of a scan or a
+	// replay (tests pause the load with it).
 	scanned func()
 }
 
@@ -56,6 +69,7 @@ const (
 func newConvFilter(bits, max uint) *convFilter {
 	return &convFilter{
 		filter: bloom.New(bits, convFilterHashes),
+		bits:   bits,
 		max:    max,
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -89,53 +103,95 @@ func (f *convFilter) addLocked(key []byte) {
 	}
 }
 
-// scan gives the filter every conversation-sequence key stored, then
-// makes it answer. Open runs it in the background; close stops it.
-func (f *convFilter) scan(db *pebble.DB) {
+// load gives the filter every conversation-sequence key stored before
+// Open, from the saved filter and the events logged after it (lastEvent
+// is the event log's last sequence at Open) or else by a scan, then makes
+// it answer. Open runs it in the background; close stops it.
+func (f *convFilter) load(db *pebble.DB, fs vfs.FS, path string, lastEvent uint64, log *slog.Logger) {
 	defer close(f.done)
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixConvSeq}, UpperBound: []byte{prefixConvSeq + 1}})
-	if err != nil {
-		return // never ready: lookups read Pebble
+	start := time.Now()
+	how := "saved"
+	ok, why := f.loadSaved(db, fs, path, lastEvent)
+	if !ok && !f.stopped() {
+		if why != "" {
+			log.Info("conversation filter: scanning the conversations, the saved filter does not fit the store", "file", path, "reason", why)
+		}
+		how = "scan"
+		ok = f.scan(db)
 	}
-	defer it.Close()
-	// A chunk of keys at a time, copied into one reused buffer (no
-	// garbage: a long history's scan would otherwise leave its keys in
-	// the heap) and added under one hold of the lock, which Accepts wait
-	// for only that long.
-	const chunk = 1024
-	var buf []byte
-	ends := make([]int, 0, chunk)
-	for valid := it.First(); valid; {
-		buf, ends = buf[:0], ends[:0]
-		for ; valid && len(ends) < chunk; valid = it.Next() {
-			buf = append(buf, it.Key()...)
-			ends = append(ends, len(buf))
-		}
-		f.mu.Lock()
-		start := 0
-		for _, end := range ends {
-			f.addLocked(buf[start:end])
-			start = end
-		}
-		f.mu.Unlock()
-		if f.scanned != nil {
-			f.scanned()
-		}
-		select {
-		case <-f.stop:
-			return
-		default:
-		}
-	}
-	if it.Error() != nil {
+	if !ok {
 		return // never ready: lookups read Pebble
 	}
 	f.mu.Lock()
-	f.ready = true
+	f.ready, f.loaded = true, how
+	keys, dropped := f.keys, f.filter == nil
 	f.mu.Unlock()
+	log.Info("conversation filter ready", "from", how, "conversations", keys, "dropped", dropped, "took", time.Since(start).Round(time.Millisecond))
 }
 
-// close stops the scan and waits for it.
+// scan gives the filter every conversation-sequence key stored; false
+// when it was stopped or could not read them all.
+func (f *convFilter) scan(db *pebble.DB) bool {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixConvSeq}, UpperBound: []byte{prefixConvSeq + 1}})
+	if err != nil {
+		return false
+	}
+	defer it.Close()
+	var c keyChunk
+	for valid := it.First(); valid; {
+		c.reset()
+		for ; valid && !c.full(); valid = it.Next() {
+			c.append(it.Key())
+		}
+		if !f.addChunk(&c) {
+			return false
+		}
+	}
+	return it.Error() == nil
+}
+
+// keyChunk is a chunk of keys copied into one reused buffer (no garbage:
+// a long history's load would otherwise leave its keys in the heap), added
+// under one hold of the lock, which Accepts wait for only that long.
+type keyChunk struct {
+	buf  []byte
+	ends []int
+}
+
+const keyChunkLen = 1024
+
+func (c *keyChunk) reset()     { c.buf, c.ends = c.buf[:0], c.ends[:0] }
+func (c *keyChunk) full() bool { return len(c.ends) >= keyChunkLen }
+func (c *keyChunk) append(k []byte) {
+	c.buf = append(c.buf, k...)
+	c.ends = append(c.ends, len(c.buf))
+}
+
+// addChunk adds a chunk's keys; false when the load is to stop.
+func (f *convFilter) addChunk(c *keyChunk) bool {
+	f.mu.Lock()
+	start := 0
+	for _, end := range c.ends {
+		f.addLocked(c.buf[start:end])
+		start = end
+	}
+	f.mu.Unlock()
+	if f.scanned != nil {
+		f.scanned()
+	}
+	return !f.stopped()
+}
+
+func (f *convFilter) stopped() bool {
+	select {
+	case <-f.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// close stops the load and waits for it.
 func (f *convFilter) close() {
 	close(f.stop)
 	<-f.done

@@ -10,14 +10,18 @@ import (
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 )
 
-// waitConvFilter waits until the conversation filter's scan has ended.
-func waitConvFilter(t *testing.T, s *Store) {
+// waitConvFilter waits until the conversation filter's load has ended,
+// and checks how it loaded ("saved" or "scan"; "" for either).
+func waitConvFilter(t *testing.T, s *Store, how string) {
 	t.Helper()
 	<-s.convs.done
 	s.convs.mu.Lock()
 	defer s.convs.mu.Unlock()
 	if !s.convs.ready {
-		t.Fatal("the conversation filter's scan ended without making it ready")
+		t.Fatal("the conversation filter's load ended without making it ready")
+	}
+	if how != "" && s.convs.loaded != how {
+		t.Fatalf("the conversation filter loaded by %q, want %q", s.convs.loaded, how)
 	}
 }
 
@@ -54,41 +58,56 @@ func conversations(prefix string, n int) []string {
 }
 
 // An Accept into a conversation stored before a restart continues its
-// sequence, once the filter answers for new conversations: the scan at
+// sequence, once the filter answers for new conversations: the load at
 // Open gave the filter every stored conversation (more than one chunk of
-// it). Without the scan's keys the filter would call them new, and their
-// sequences would start again at 1.
+// them), from the filter Close saved or, without it, from a scan. Without
+// their keys the filter would call them new, and their sequences would
+// start again at 1.
 func TestConversationFilterKnowsTheStoredConversations(t *testing.T) {
-	fs := vfs.NewMem()
-	c := newClock()
-	s := openTest(t, fs, c, PolicyFail)
-	old := conversations("old", 2500)
-	for c, seq := range acceptEach(t, s, old) {
-		if seq != 1 {
-			t.Fatalf("%s: first sequence %d", c, seq)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	for _, how := range []string{"saved", "scan"} {
+		t.Run(how, func(t *testing.T) {
+			fs := vfs.NewMem()
+			c := newClock()
+			s := openTest(t, fs, c, PolicyFail)
+			old := conversations("old", 2500)
+			for c, seq := range acceptEach(t, s, old) {
+				if seq != 1 {
+					t.Fatalf("%s: first sequence %d", c, seq)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if how == "scan" {
+				forgetSavedFilter(t, fs)
+			}
 
-	s = openTest(t, fs, c, PolicyFail)
-	defer s.Close()
-	waitConvFilter(t, s)
-	for c, seq := range acceptEach(t, s, old) {
-		if seq != 2 {
-			t.Fatalf("%s: sequence %d after a restart, want 2", c, seq)
-		}
+			s = openTest(t, fs, c, PolicyFail)
+			defer s.Close()
+			waitConvFilter(t, s, how)
+			for c, seq := range acceptEach(t, s, old) {
+				if seq != 2 {
+					t.Fatalf("%s: sequence %d after a restart, want 2", c, seq)
+				}
+			}
+			// And it does its job: new conversations are not looked up.
+			lookups := 0
+			for _, c := range conversations("new", 1000) {
+				if s.convs.mayExist(convSeqKey("t1", c)) {
+					lookups++
+				}
+			}
+			if lookups > 50 {
+				t.Fatalf("%d of 1000 new conversations would be looked up; the filter should rule out nearly all", lookups)
+			}
+		})
 	}
-	// And it does its job: new conversations are not looked up.
-	lookups := 0
-	for _, c := range conversations("new", 1000) {
-		if s.convs.mayExist(convSeqKey("t1", c)) {
-			lookups++
-		}
-	}
-	if lookups > 50 {
-		t.Fatalf("%d of 1000 new conversations would be looked up; the filter should rule out nearly all", lookups)
+}
+
+func forgetSavedFilter(t *testing.T, fs vfs.FS) {
+	t.Helper()
+	if err := fs.Remove(fs.PathJoin("db", convFilterFile)); err != nil {
+		t.Fatalf("remove the saved conversation filter: %v", err)
 	}
 }
 
@@ -100,12 +119,9 @@ func TestConversationFilterKnowsTheStoredConversations(t *testing.T) {
 func TestConversationFilterDuringTheScan(t *testing.T) {
 	fs := vfs.NewMem()
 	c := newClock()
-	s := openTest(t, fs, c, PolicyFail)
 	old := conversations("old", 3000)
-	acceptEach(t, s, old)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	storeConversations(t, fs, c, old)
+	forgetSavedFilter(t, fs)
 
 	paused, resume := make(chan struct{}), make(chan struct{})
 	first := true
@@ -134,7 +150,7 @@ func TestConversationFilterDuringTheScan(t *testing.T) {
 	}
 	expect("during the scan", 2)
 	close(resume)
-	waitConvFilter(t, s)
+	waitConvFilter(t, s, "scan")
 	expect("after the scan", 3)
 }
 
@@ -147,7 +163,7 @@ func TestConversationFilterPastItsLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	waitConvFilter(t, s)
+	waitConvFilter(t, s, "")
 	convs := conversations("c", 300)
 	acceptEach(t, s, convs)
 	s.convs.mu.Lock()

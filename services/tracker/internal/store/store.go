@@ -276,7 +276,7 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s.convs = newConvFilter(convFilterBits, o.convFilterMax)
 	s.convs.scanned = o.convFilterScanned
-	go s.convs.scan(db)
+	go s.convs.load(db, s.fs, s.fs.PathJoin(dir, convFilterFile), last, s.log)
 	return s, nil
 }
 
@@ -345,6 +345,9 @@ func (s *Store) Close() error {
 	s.index.close()
 	s.events.close()
 	s.convs.close()
+	if err := s.saveConvFilter(); err != nil {
+		s.log.Warn("conversation filter not saved; the next start scans the conversations instead", "err", err)
+	}
 	if err := s.db.Flush(); err != nil {
 		s.db.Close()
 		return fmt.Errorf("flush store: %w", err)
@@ -448,6 +451,24 @@ func (s *Store) upgrade() error {
 		return err
 	}
 	return b.Commit(pebble.Sync)
+}
+
+// saveConvFilter saves the conversation filter as of the last event.
+func (s *Store) saveConvFilter() error {
+	seq, err := s.lastEventSequence()
+	if err != nil {
+		return err
+	}
+	var event []byte
+	if seq > 0 {
+		v, closer, err := s.db.Get(eventKey(seq))
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		event = v
+	}
+	return s.convs.save(s.fs, s.fs.PathJoin(s.dir, convFilterFile), seq, event)
 }
 
 func (s *Store) lastEventSequence() (uint64, error) {
