@@ -44,6 +44,7 @@ type config struct {
 	unknownPolicy string
 	scrub         bool
 	scrubPause    time.Duration
+	syncShare     time.Duration
 	logLevel      string
 	grace         time.Duration
 	sweep         time.Duration
@@ -82,6 +83,8 @@ func parse(name string, args []string, getenv func(string) string) (config, *fla
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to let open calls finish on shutdown")
 	fs.BoolVar(&c.scrub, "scrub", true, "after start, read every table of the store in the background and check its block checksums; damage stops the tracker")
 	fs.DurationVar(&c.scrubPause, "scrub-pause", 10*time.Millisecond, "pause between tables while scrubbing, so that the scrub yields to serving")
+	fs.DurationVar(&c.syncShare, "sync-share-delay", store.DefaultSyncShareDelay,
+		"how long a lease batch or a batch of delivery outcomes waits for another commit's fsync (a Send's) before it syncs alone; nothing is answered before it is durable. 0 or less: every batch syncs alone")
 	fs.DurationVar(&c.sweep, "lease-sweep", 250*time.Millisecond, "how often expired leases are looked for")
 	if err := fs.Parse(args); err != nil {
 		return c, fs, err
@@ -142,6 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	st, err := store.Open(c.dataDir, store.Options{
 		MaxPending: c.maxPending, UnknownPolicy: policy, Logger: log, Now: now, OnCommit: metrics.ObserveCommit,
 		ReconcileGrace: c.reconcileGrace, ReconcileAttempts: c.reconcileAttempts,
+		SyncShareDelay: syncShareOption(c.syncShare),
 	})
 	if err != nil {
 		return err
@@ -389,4 +393,13 @@ func parsePolicy(s string) (func(string) store.UnknownPolicy, error) {
 		}
 		return def
 	}, nil
+}
+
+// syncShareOption turns --sync-share-delay into store.Options.SyncShareDelay,
+// where zero means the default and a negative delay turns sharing off.
+func syncShareOption(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -215,8 +216,9 @@ type Leased struct {
 // whose time to ask the provider has come stay UNKNOWN, marked reconciling
 // under a new lease token (Delivery.Reconciling tells them apart). slots
 // limits channels (a channel absent from slots is limited by max only). The
-// whole lease batch is one synced commit. An empty result is not an error:
-// wait on DueSignal and call again.
+// whole lease batch is one commit, which shares the next synced commit's
+// fsync (commitShared): Lease returns once it is durable. An empty result
+// is not an error: wait on DueSignal and call again.
 func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[string]uint32, reconcile bool) ([]Leased, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
@@ -239,7 +241,8 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 		}
 	}
 	stripes = s.lock(stripes)
-	defer s.unlock(stripes)
+	unlock := sync.OnceFunc(func() { s.unlock(stripes) })
+	defer unlock()
 
 	t := s.newTxn()
 	defer t.close()
@@ -291,7 +294,9 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 		t.event(EventLeased, m, next, "", worker)
 		out = append(out, Leased{Message: m, Delivery: next})
 	}
-	t.commit()
+	durable := t.commitShared()
+	unlock()
+	durable()
 	return out, nil
 }
 
@@ -375,7 +380,9 @@ type Applied struct {
 	Reason    string
 }
 
-// Complete records outcomes in one synced batch. Each is a compare-and-set
+// Complete records outcomes in one batch, which shares the next synced
+// commit's fsync (commitShared): it returns once the batch is durable.
+// Each is a compare-and-set
 // on its lease: a delivery result on (IN_FLIGHT, lease token), a reconcile
 // result on (UNKNOWN under a reconcile lease, lease token). A stale,
 // repeated or mismatched outcome is not applied and changes nothing, so a
@@ -401,7 +408,8 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 		stripes = append(stripes, s.stripe(m.Tenant, m.Conversation))
 	}
 	stripes = s.lock(stripes)
-	defer s.unlock(stripes)
+	unlock := sync.OnceFunc(func() { s.unlock(stripes) })
+	defer unlock()
 
 	t := s.newTxn()
 	defer t.close()
@@ -436,7 +444,9 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 		}
 		res[i].Applied = true
 	}
-	t.commit()
+	durable := t.commitShared()
+	unlock()
+	durable()
 	return res, nil
 }
 

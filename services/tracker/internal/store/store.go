@@ -88,6 +88,13 @@ type Options struct {
 	// convFilterScanned is called after each chunk of the conversation
 	// filter's scan at Open (tests pause it).
 	convFilterScanned func()
+	// SyncShareDelay is how long a lease batch or a batch of delivery
+	// outcomes, committed without an fsync of its own, waits for another
+	// commit's fsync to make it durable before it syncs the WAL itself
+	// (see syncShare); nothing is answered before it is durable. Zero means
+	// DefaultSyncShareDelay; a negative delay gives each batch its own
+	// fsync.
+	SyncShareDelay time.Duration
 	// OnCommit, if set, is called after every successful Sync commit with
 	// how long the commit (fsync included) took. It runs on the committing
 	// goroutine, with the batch's stripe locks held: it must be fast.
@@ -130,6 +137,10 @@ type Store struct {
 	groups acceptGroups
 	events sequencer
 	index  *memIndex
+	// syncs tells a batch committed without an fsync when a later one has
+	// made it durable (commitShared).
+	syncs      syncShare
+	shareDelay time.Duration // Options.SyncShareDelay
 	// active holds each conversation's non-terminal messages (activeSets).
 	active activeSets
 	// live holds the stored message and delivery records of messages
@@ -187,6 +198,9 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	if o.ReconcileAttempts <= 0 {
 		o.ReconcileAttempts = 5
+	}
+	if o.SyncShareDelay == 0 {
+		o.SyncShareDelay = DefaultSyncShareDelay
 	}
 	cache := pebble.NewCache(o.CacheSize)
 	defer cache.Unref()
@@ -254,7 +268,8 @@ func Open(dir string, o Options) (*Store, error) {
 		reconcileGrace:    o.ReconcileGrace,
 		reconcileAttempts: uint32(o.ReconcileAttempts),
 
-		onCommit: o.OnCommit,
+		onCommit:   o.OnCommit,
+		shareDelay: o.SyncShareDelay,
 	}
 	if err := s.checkSchema(); err != nil {
 		db.Close()
@@ -266,6 +281,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, describeOpenError(dir, err)
 	}
 	s.events.init(last)
+	s.syncs.init()
 	if s.newest.id, err = s.lastMessageID(); err != nil {
 		db.Close()
 		return nil, describeOpenError(dir, err)
@@ -595,10 +611,11 @@ func mustMarshal(m proto.Message) []byte {
 // break the event log's order, so the tracker stops (as etcd does).
 func (s *Store) commit(b *pebble.Batch) {
 	start := time.Now()
+	ticket := s.syncs.take()
 	if err := b.Commit(pebble.Sync); err != nil {
-		s.log.Error("store commit failed; the tracker must stop and restart from the durable state", "error_code", "TRK_001", "err", err)
-		panic(fmt.Sprintf("herald tracker: store commit failed: %v", err))
+		s.commitFailed(err)
 	}
+	s.syncs.give(ticket)
 	if s.onCommit != nil {
 		s.onCommit(time.Since(start))
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
@@ -37,6 +38,8 @@ type txn struct {
 	// store's live messages change by them after the commit.
 	accepted map[string][]byte
 	finished []string
+	// written holds the delivery records the batch writes, by id.
+	written map[string][]byte
 }
 
 func (s *Store) newTxn() *txn {
@@ -244,7 +247,34 @@ func (t *txn) event(typ string, m *storev1.Message, d *storev1.Delivery, errorCo
 // commit makes the batch durable (fsync), then publishes its events and
 // recovery-index edits. The caller still holds the stripe locks.
 func (t *txn) commit() {
-	var first uint64
+	first := t.seal()
+	t.s.commit(t.b)
+	t.s.events.publish(first, len(t.events))
+	t.apply()
+}
+
+// commitShared commits the batch without an fsync of its own (see
+// syncShare) and applies its recovery-index and memory edits, as commit
+// does; durable waits until a later fsync has made the batch durable, then
+// publishes its events. The caller releases its stripe locks before it
+// calls durable, so that the commits it waits for (an Accept into one of
+// its conversations, say) are not waiting for it, and answers nobody
+// before durable returns. Until then, a read may see the batch's writes,
+// and any synced commit made after them makes them durable with it.
+func (t *txn) commitShared() (durable func()) {
+	start := time.Now()
+	first := t.seal()
+	need := t.s.commitUnsynced(t.b)
+	t.apply()
+	return func() {
+		t.s.awaitSync(need, start)
+		t.s.events.publish(first, len(t.events))
+	}
+}
+
+// seal writes the batch's events, delivery records and counter deltas
+// into it, and returns the first event's sequence.
+func (t *txn) seal() (first uint64) {
 	if n := len(t.events); n > 0 {
 		first = t.s.events.reserve(n)
 		for i, ev := range t.events {
@@ -261,22 +291,25 @@ func (t *txn) commit() {
 			}
 		}
 	}
-	written := make(map[string][]byte, len(t.deliveries))
+	t.written = make(map[string][]byte, len(t.deliveries))
 	for id, d := range t.deliveries {
 		v := mustMarshal(d)
 		t.b.Set(deliveryKey(id), v, nil)
-		written[id] = v
+		t.written[id] = v
 	}
 	for st, n := range t.counts {
 		if n != 0 {
 			t.b.Merge(countKey(byte(st)), counterDelta(n), nil)
 		}
 	}
-	t.s.commit(t.b)
-	t.s.events.publish(first, len(t.events))
+	return first
+}
+
+// apply makes the committed batch's edits to the store's memory.
+func (t *txn) apply() {
 	t.s.index.apply(t.changes)
 	t.s.active.apply(t.activeEdits)
-	t.s.live.update(t.accepted, written, t.finished)
+	t.s.live.update(t.accepted, t.written, t.finished)
 }
 
 func (t *txn) close() { t.b.Close() }

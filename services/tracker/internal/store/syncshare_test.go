@@ -1,0 +1,110 @@
+package store
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
+)
+
+func openShared(t *testing.T, fs vfs.FS, c *clock, delay time.Duration) *Store {
+	t.Helper()
+	s, err := Open("db", Options{FS: fs, Now: c.Now, CacheSize: 8 << 20, SyncShareDelay: delay})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return s
+}
+
+// stateAfterCrash reopens a crash of fs (everything not synced is lost)
+// and returns the message's state there.
+func stateAfterCrash(t *testing.T, fs *vfs.MemFS, c *clock, id string) storev1.State {
+	t.Helper()
+	r := openShared(t, fs.CrashClone(vfs.CrashCloneCfg{}), c, 0)
+	defer r.Close()
+	d, err := r.getDelivery(id)
+	if err != nil {
+		t.Fatalf("after a crash, %s: %v", id, err)
+	}
+	return d.GetState()
+}
+
+// A lease batch and a batch of outcomes have no fsync of their own: they
+// answer only once a later synced commit (here an Accept's) has made them
+// durable, and a crash after they answered keeps them. The delay is an
+// hour, so no sync of their own helps them.
+func TestSharedCommitsAnswerAfterAnotherCommitsFsync(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	c := newClock()
+	s := openShared(t, fs, c, time.Hour)
+	defer s.Close()
+	first := mustAccept(t, s, newMessage("c1")).Message.GetId()
+
+	leased := make(chan []Leased, 1)
+	go func() {
+		l, err := s.Lease("w", 10, time.Minute, nil, false)
+		if err != nil {
+			t.Errorf("lease: %v", err)
+		}
+		leased <- l
+	}()
+	select {
+	case <-leased:
+		t.Fatal("Lease answered before any fsync made its batch durable")
+	case <-time.After(50 * time.Millisecond):
+	}
+	mustAccept(t, s, newMessage("c2"))
+	l := <-leased
+	if len(l) != 1 || l[0].Message.GetId() != first {
+		t.Fatalf("leased %v, want %s", l, first)
+	}
+	if st := stateAfterCrash(t, fs, c, first); st != storev1.State_STATE_IN_FLIGHT {
+		t.Fatalf("after a crash once Lease answered: %s, want IN_FLIGHT", st)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		o := Outcome{MessageID: first, LeaseToken: l[0].Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p1"}
+		if _, err := s.Complete([]Outcome{o}); err != nil {
+			t.Errorf("complete: %v", err)
+		}
+	}()
+	select {
+	case <-done:
+		t.Fatal("Complete answered before any fsync made its batch durable")
+	case <-time.After(50 * time.Millisecond):
+	}
+	mustAccept(t, s, newMessage("c3"))
+	<-done
+	if st := stateAfterCrash(t, fs, c, first); st != storev1.State_STATE_DELIVERED {
+		t.Fatalf("after a crash once Complete answered: %s, want DELIVERED", st)
+	}
+}
+
+// With no other commit to share, a lease batch and a batch of outcomes
+// sync the WAL themselves after the delay, and what they answered
+// survives a crash.
+func TestSharedCommitsSyncAloneAfterTheDelay(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	c := newClock()
+	s := openShared(t, fs, c, 5*time.Millisecond)
+	defer s.Close()
+	id := mustAccept(t, s, newMessage("c1")).Message.GetId()
+	l, err := s.Lease("w", 10, time.Minute, nil, false)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("lease: %v, %d leased", err, len(l))
+	}
+	if st := stateAfterCrash(t, fs, c, id); st != storev1.State_STATE_IN_FLIGHT {
+		t.Fatalf("after a crash once Lease answered: %s, want IN_FLIGHT", st)
+	}
+	o := Outcome{MessageID: id, LeaseToken: l[0].Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p1"}
+	if _, err := s.Complete([]Outcome{o}); err != nil {
+		t.Fatal(err)
+	}
+	if st := stateAfterCrash(t, fs, c, id); st != storev1.State_STATE_DELIVERED {
+		t.Fatalf("after a crash once Complete answered: %s, want DELIVERED", st)
+	}
+}
