@@ -43,9 +43,11 @@ func (q *Queue) followAborts(ctx context.Context) {
 }
 
 // cancelMessage asks the plugin host to cancel every pending call of the
-// message; the answers still come back and are reported as usual.
+// message; the answers still come back and are reported as usual. A call
+// of the message not sent yet is not sent (see dispatcher.aborts).
 func (d *dispatcher) cancelMessage(id string) int {
 	d.mu.Lock()
+	d.aborts.add(id) // for a lease of it that has not arrived yet
 	c := d.cur
 	var ids []uint64
 	if c != nil {

@@ -59,9 +59,49 @@ type dispatcher struct {
 	mu     sync.Mutex
 	cur    *conn
 	nextID uint64
+	// aborts holds the latest aborted message ids, under mu with the
+	// pending calls: an abort's event can come before the lease of the
+	// same message (the tracker answers a lease once a later fsync, maybe
+	// the abort's, has made it durable), and then there is no call yet to
+	// cancel; the lease finds the abort here instead.
+	aborts recentIDs
 }
 
-func newDispatcher(q *Queue) *dispatcher { return &dispatcher{q: q} }
+func newDispatcher(q *Queue) *dispatcher {
+	return &dispatcher{q: q, aborts: newRecentIDs(recentAbortsMax)}
+}
+
+// recentAbortsMax bounds the aborted ids the dispatcher remembers: an
+// abort and the lease it overtook arrive milliseconds apart.
+const recentAbortsMax = 4096
+
+// recentIDs remembers the last max ids it was given.
+type recentIDs struct {
+	set  map[string]struct{}
+	ring []string
+	next int
+}
+
+func newRecentIDs(max int) recentIDs {
+	return recentIDs{set: make(map[string]struct{}, max), ring: make([]string, max)}
+}
+
+func (r *recentIDs) add(id string) {
+	if _, ok := r.set[id]; ok {
+		return
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.set, old)
+	}
+	r.ring[r.next] = id
+	r.set[id] = struct{}{}
+	r.next = (r.next + 1) % len(r.ring)
+}
+
+func (r *recentIDs) has(id string) bool {
+	_, ok := r.set[id]
+	return ok
+}
 
 // ready opens the stream if there is none.
 func (d *dispatcher) ready(ctx context.Context) error {
@@ -124,6 +164,19 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 func (d *dispatcher) send(j *job, carrier map[string]string) {
 	l, m := j.lease, j.lease.GetMessage()
 	d.mu.Lock()
+	if !j.reconcile && d.aborts.has(m.GetId()) {
+		// Aborted after the tracker leased it, before this call left: the
+		// tracker records ABORTED for any end but a delivery.
+		d.mu.Unlock()
+		j.notAttempted = true
+		j.aborted.Store(true)
+		if j.done != nil {
+			j.done(errNotAttempted)
+		}
+		d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_012",
+			Description: "not sent: the message was aborted before its call left"}, nil, 0)
+		return
+	}
 	c := d.cur
 	if c == nil || c.broken {
 		d.mu.Unlock()
