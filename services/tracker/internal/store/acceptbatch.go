@@ -41,6 +41,12 @@ func (s *Store) AcceptBatch(msgs []*storev1.Message) ([]Accepted, []error) {
 		round, todo = splitRound(msgs, todo)
 		s.acceptRound(msgs, round, res, errs)
 	}
+	for _, a := range res {
+		if a.Duplicate { // answered with the original's state, as read
+			s.settled()
+			break
+		}
+	}
 	return res, errs
 }
 

@@ -47,6 +47,7 @@ func (s *Store) Abort(id, reason string) (*storev1.Delivery, error) {
 		return nil, err
 	}
 	if IsTerminal(d.GetState()) || d.GetAbortRequested() {
+		s.settled() // answers with what it read
 		return d, fmt.Errorf("%w: %s is %s", ErrTerminal, id, d.GetState())
 	}
 	next, err := t.abort(m, d, reason)
@@ -100,6 +101,7 @@ type DeadLetterFilter struct {
 
 // DeadLetters lists FAILED messages, oldest failure first.
 func (s *Store) DeadLetters(f DeadLetterFilter) ([]Leased, error) {
+	defer s.settled() // answers with what it read
 	lower := []byte{prefixDeadLetter}
 	if !f.Since.IsZero() {
 		lower = binary.BigEndian.AppendUint64(lower, uint64(f.Since.UnixNano()))
@@ -184,11 +186,13 @@ func (s *Store) changeDeadLetter(id string, fn func(*txn, *storev1.Message, *sto
 		return nil, err
 	}
 	if d.GetState() != storev1.State_STATE_FAILED {
+		s.settled() // answers with what it read
 		return d, fmt.Errorf("%w: %s is %s", ErrNotDeadLetter, id, d.GetState())
 	}
 	dl := deadLetterKey(d.GetUpdatedUnixNano(), id)
 	if _, closer, err := s.db.Get(dl); err != nil {
 		if errors.Is(err, pebble.ErrNotFound) {
+			s.settled() // answers with what it read
 			return d, fmt.Errorf("%w: %s was purged from the dead-letter list", ErrNotDeadLetter, id)
 		}
 		return nil, err

@@ -18,6 +18,7 @@ import (
 // Get returns a message, its delivery and its timeline (oldest event
 // first). Errors: ErrNotFound.
 func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.Event, error) {
+	defer s.settled() // answers with what it read
 	if len(id) != idLen {
 		return nil, nil, nil, ErrNotFound
 	}
@@ -78,11 +79,15 @@ func (s *Store) Get(id string) (*storev1.Message, *storev1.Delivery, []*storev1.
 
 // Delivery returns a message's delivery state without its timeline.
 // Errors: ErrNotFound.
-func (s *Store) Delivery(id string) (*storev1.Delivery, error) { return s.getDelivery(id) }
+func (s *Store) Delivery(id string) (*storev1.Delivery, error) {
+	defer s.settled() // answers with what it read
+	return s.getDelivery(id)
+}
 
 // ConversationHistory returns up to limit messages of a conversation, newest
 // first.
 func (s *Store) ConversationHistory(tenant, conversation string, limit int) ([]Leased, error) {
+	defer s.settled() // answers with what it read
 	p := convPrefix(prefixConvHistory, tenant, conversation)
 	return s.history(p, limit, func(k, v []byte) string { return string(v) })
 }
@@ -90,6 +95,7 @@ func (s *Store) ConversationHistory(tenant, conversation string, limit int) ([]L
 // RecipientHistory returns up to limit messages sent to a recipient, newest
 // first; with channel set, only that channel's.
 func (s *Store) RecipientHistory(tenant, channel, recipient string, limit int) ([]Leased, error) {
+	defer s.settled() // answers with what it read
 	p := recipientPrefix(tenant, recipient)
 	var keep func(*storev1.Message) bool
 	if channel != "" {
@@ -253,6 +259,7 @@ func (s *Store) LastEvent() uint64 {
 
 // Counts returns the number of messages per state.
 func (s *Store) Counts() (map[storev1.State]int64, error) {
+	defer s.settled() // answers with what it read
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixCount}, UpperBound: []byte{prefixCount + 1}})
 	if err != nil {
 		return nil, err

@@ -45,6 +45,7 @@ func policyName(p UnknownPolicy) string {
 // It reads the recovery index, never a status filter. With list, up to limit
 // items name each message and the reason.
 func (s *Store) RecoveryPlan(list bool, limit int) (Plan, error) {
+	defer s.settled() // answers with what it read
 	now := s.now()
 	p := Plan{Unknown: map[string]int{}}
 	add := func(it PlanItem) {

@@ -144,10 +144,14 @@ func (s *Store) CloseReply(replyID string) (*storev1.Reply, error) {
 }
 
 // Reply returns a reply's record.
-func (s *Store) Reply(replyID string) (*storev1.Reply, error) { return s.getReply(replyID) }
+func (s *Store) Reply(replyID string) (*storev1.Reply, error) {
+	defer s.settled() // answers with what it read
+	return s.getReply(replyID)
+}
 
 // GetReply returns a reply and its chunks' message ids in order.
 func (s *Store) GetReply(replyID string) (*storev1.Reply, []string, error) {
+	defer s.settled() // answers with what it read
 	r, err := s.getReply(replyID)
 	if err != nil {
 		return nil, nil, err
@@ -183,6 +187,7 @@ func (s *Store) abortReply(r *storev1.Reply, reason string) (*storev1.Reply, err
 		return nil, err
 	}
 	if r.GetState() == storev1.ReplyState_REPLY_STATE_ABORTED {
+		s.settled() // answers with what it read
 		return r, fmt.Errorf("%w: reply %s is already aborted", ErrTerminal, r.Id)
 	}
 	t := s.newTxn()

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -24,11 +25,19 @@ import (
 // returns; a batch committed before ticket n was handed out is durable once
 // a ticket ≥ n has returned. Tickets return in any order: the WAL is one
 // sequence, so any later fsync covers every earlier record.
+//
+// A shared batch is visible to reads from its commit on, before it is
+// durable. A read that answers a caller waits (settled) until every batch
+// it could have seen is durable, so that herald never reports a state a
+// crash could still take back.
 type syncShare struct {
 	mu      sync.Mutex
 	handed  uint64        // tickets handed out
 	done    uint64        // the greatest ticket returned
 	changed chan struct{} // closed and replaced when done grows
+	// unsynced counts the shared batches committed and not yet known
+	// durable.
+	unsynced atomic.Int64
 }
 
 // DefaultSyncShareDelay is Options.SyncShareDelay's default: longer than
@@ -83,23 +92,46 @@ func (s *Store) commitUnsynced(b *pebble.Batch) (need uint64) {
 		s.syncs.give(ticket)
 		return ticket
 	}
+	s.syncs.unsynced.Add(1)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		s.commitFailed(err)
 	}
 	return s.syncs.next()
 }
 
-// awaitSync waits until a commit holding ticket need or a later one has
-// returned, syncing the WAL itself after Options.SyncShareDelay.
+// awaitSync waits until the shared batch that commitUnsynced returned need
+// for is durable.
 func (s *Store) awaitSync(need uint64, start time.Time) {
+	s.waitSynced(need)
+	if s.shareDelay >= 0 {
+		s.syncs.unsynced.Add(-1)
+	}
+	if s.onCommit != nil {
+		s.onCommit(time.Since(start))
+	}
+}
+
+// settled waits until every shared batch a read just made could have seen
+// is durable: at once when none is waiting for its fsync. Every method
+// that answers a caller with what it read calls it.
+func (s *Store) settled() {
+	if s.syncs.unsynced.Load() == 0 {
+		return // any batch the read saw was counted before its commit, and is durable
+	}
+	s.waitSynced(s.syncs.next())
+}
+
+// waitSynced waits until a commit holding ticket need or a later one has
+// returned, syncing the WAL itself after Options.SyncShareDelay.
+func (s *Store) waitSynced(need uint64) {
 	var timeout <-chan time.Time
 	for {
 		done, changed := s.syncs.watch()
 		if done >= need {
-			break
+			return
 		}
 		if timeout == nil {
-			t := time.NewTimer(s.shareDelay)
+			t := time.NewTimer(max(s.shareDelay, 0))
 			defer t.Stop()
 			timeout = t.C
 		}
@@ -112,9 +144,6 @@ func (s *Store) awaitSync(need uint64, start time.Time) {
 			}
 			s.syncs.give(ticket)
 		}
-	}
-	if s.onCommit != nil {
-		s.onCommit(time.Since(start))
 	}
 }
 

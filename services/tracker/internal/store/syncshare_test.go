@@ -108,3 +108,51 @@ func TestSharedCommitsSyncAloneAfterTheDelay(t *testing.T) {
 		t.Fatalf("after a crash once Complete answered: %s, want DELIVERED", st)
 	}
 }
+
+// A read that answers a caller waits until what it saw is durable: a
+// lease batch is visible from its commit on, and a Get that answered
+// IN_FLIGHT before the batch's fsync would report a state a crash could
+// take back.
+func TestReadsAnswerOnlyDurableStates(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	c := newClock()
+	s := openShared(t, fs, c, time.Hour)
+	defer s.Close()
+	id := mustAccept(t, s, newMessage("c1")).Message.GetId()
+	leased := make(chan struct{})
+	go func() {
+		defer close(leased)
+		if _, err := s.Lease("w", 10, time.Minute, nil, false); err != nil {
+			t.Errorf("lease: %v", err)
+		}
+	}()
+	// Wait until the lease batch is committed (visible), not durable.
+	for {
+		d, err := s.getDelivery(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.GetState() == storev1.State_STATE_IN_FLIGHT {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got := make(chan storev1.State, 1)
+	go func() {
+		_, d, _, err := s.Get(id)
+		if err != nil {
+			t.Errorf("get: %v", err)
+		}
+		got <- d.GetState()
+	}()
+	select {
+	case st := <-got:
+		t.Fatalf("Get answered %s before the lease batch it saw was durable", st)
+	case <-time.After(50 * time.Millisecond):
+	}
+	mustAccept(t, s, newMessage("c2"))
+	if st := <-got; st != storev1.State_STATE_IN_FLIGHT {
+		t.Fatalf("Get answered %s, want IN_FLIGHT", st)
+	}
+	<-leased
+}
