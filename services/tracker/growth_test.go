@@ -359,7 +359,9 @@ func settle(t *testing.T, st *store.Store) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("compactions still owed after 2 minutes; measuring anyway")
+	m := st.Metrics()
+	t.Logf("compactions still owed after 2 minutes; measuring anyway (in progress %d, done %d, estimated debt %d MB, L0 sublevels %d)",
+		m.Compact.NumInProgress, m.Compact.Count, m.Compact.EstimatedDebt>>20, m.Levels[0].Sublevels)
 }
 
 func medFloat(xs []float64) float64 {

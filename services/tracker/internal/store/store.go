@@ -95,9 +95,10 @@ type Options struct {
 	// DefaultSyncShareDelay; a negative delay gives each batch its own
 	// fsync.
 	SyncShareDelay time.Duration
-	// OnCommit, if set, is called after every successful Sync commit with
-	// how long the commit (fsync included) took. It runs on the committing
-	// goroutine, with the batch's stripe locks held: it must be fast.
+	// OnCommit, if set, is called after every successful commit with how
+	// long it took to become durable (its fsync, or for a shared batch the
+	// wait for a later one). It runs on the committing goroutine, for a
+	// synced commit with the batch's stripe locks held: it must be fast.
 	OnCommit func(time.Duration)
 }
 
