@@ -93,6 +93,7 @@ func (s *Store) AppendChunk(replyID string, index uint32, m *storev1.Message) (A
 		if err != nil {
 			return Accepted{}, err
 		}
+		s.settled() // answers with what it read
 		return Accepted{Message: orig, Delivery: d, Duplicate: true}, nil
 	}
 	if r.GetState() != storev1.ReplyState_REPLY_STATE_OPEN {
