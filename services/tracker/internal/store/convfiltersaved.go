@@ -82,7 +82,9 @@ func (f *convFilter) writeLocked(fs vfs.FS, path string, seq uint64, event []byt
 		return err
 	}
 	sum := crc32.New(castagnoli)
-	w := bufio.NewWriterSize(io.MultiWriter(file, sum), 1<<16)
+	// The checksum first: a vfs.File may scribble over what it was given
+	// (Pebble's MemFS does under its invariants builds, -race included).
+	w := bufio.NewWriterSize(io.MultiWriter(sum, file), 1<<16)
 	hdr := make([]byte, 0, convFilterHeaderLen)
 	hdr = append(hdr, convFilterMagic[:]...)
 	hdr = binary.LittleEndian.AppendUint64(hdr, uint64(f.filter.Cap()))
