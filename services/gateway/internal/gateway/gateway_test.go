@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,11 +465,14 @@ func TestSendRejectsInvalidWithoutWriting(t *testing.T) {
 func TestDrainRefusesNewCallsAndFinishesRunningOnes(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
+	// Only the first accept is held: it may arrive before the test waits
+	// for it (a send on an unbuffered channel with a default case then
+	// let it through, and the test waited in vain).
+	var first atomic.Bool
 	tracker := &fakeTracker{acceptHook: func(context.Context) {
-		select {
-		case entered <- struct{}{}:
+		if first.CompareAndSwap(false, true) {
+			close(entered)
 			<-release
-		default:
 		}
 	}}
 	svc, client := newGateway(t, tracker, Config{})
