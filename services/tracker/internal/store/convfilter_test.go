@@ -69,6 +69,7 @@ func TestConversationFilterKnowsTheStoredConversations(t *testing.T) {
 			fs := vfs.NewMem()
 			c := newClock()
 			s := openTest(t, fs, c, PolicyFail)
+			waitConvFilter(t, s, "") // Close saves only a filter whose load has ended
 			old := conversations("old", 2500)
 			for c, seq := range acceptEach(t, s, old) {
 				if seq != 1 {

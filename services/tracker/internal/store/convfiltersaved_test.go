@@ -81,10 +81,12 @@ func reopenByScan(t *testing.T, fs vfs.FS, c *clock, convs []string) {
 }
 
 // storeConversations opens the store in fs, accepts one message into each
-// conversation and closes it.
+// conversation and closes it, saving the conversation filter (Close saves
+// only a filter whose load has ended).
 func storeConversations(t *testing.T, fs vfs.FS, c *clock, convs []string) {
 	t.Helper()
 	s := openTest(t, fs, c, PolicyFail)
+	waitConvFilter(t, s, "")
 	acceptEach(t, s, convs)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
