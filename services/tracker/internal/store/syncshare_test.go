@@ -18,6 +18,26 @@ func openShared(t *testing.T, fs vfs.FS, c *clock, delay time.Duration) *Store {
 	return s
 }
 
+// waitVisible waits until a read that does not wait for durability sees
+// the message in state: the batch that put it there is committed.
+func waitVisible(t *testing.T, s *Store, id string, state storev1.State) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := s.getDelivery(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.GetState() == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %s after 10 s, want %s", id, d.GetState(), state)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // stateAfterCrash reopens a crash of fs (everything not synced is lost)
 // and returns the message's state there.
 func stateAfterCrash(t *testing.T, fs *vfs.MemFS, c *clock, id string) storev1.State {
@@ -50,6 +70,7 @@ func TestSharedCommitsAnswerAfterAnotherCommitsFsync(t *testing.T) {
 		}
 		leased <- l
 	}()
+	waitVisible(t, s, first, storev1.State_STATE_IN_FLIGHT) // committed, not durable
 	select {
 	case <-leased:
 		t.Fatal("Lease answered before any fsync made its batch durable")
@@ -72,6 +93,7 @@ func TestSharedCommitsAnswerAfterAnotherCommitsFsync(t *testing.T) {
 			t.Errorf("complete: %v", err)
 		}
 	}()
+	waitVisible(t, s, first, storev1.State_STATE_DELIVERED)
 	select {
 	case <-done:
 		t.Fatal("Complete answered before any fsync made its batch durable")
@@ -116,7 +138,10 @@ func TestSharedCommitsSyncAloneAfterTheDelay(t *testing.T) {
 func TestReadsAnswerOnlyDurableStates(t *testing.T) {
 	fs := vfs.NewCrashableMem()
 	c := newClock()
-	s := openShared(t, fs, c, time.Hour)
+	// Two seconds, not an hour: a Get that reads just after the Accept's
+	// fsync, before the lease batch's waiter has counted itself durable,
+	// waits for the next fsync, which is then the delay's.
+	s := openShared(t, fs, c, 2*time.Second)
 	defer s.Close()
 	id := mustAccept(t, s, newMessage("c1")).Message.GetId()
 	leased := make(chan struct{})
@@ -126,17 +151,7 @@ func TestReadsAnswerOnlyDurableStates(t *testing.T) {
 			t.Errorf("lease: %v", err)
 		}
 	}()
-	// Wait until the lease batch is committed (visible), not durable.
-	for {
-		d, err := s.getDelivery(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.GetState() == storev1.State_STATE_IN_FLIGHT {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitVisible(t, s, id, storev1.State_STATE_IN_FLIGHT) // committed, not durable
 	got := make(chan storev1.State, 1)
 	go func() {
 		_, d, _, err := s.Get(id)
