@@ -168,25 +168,18 @@ func (d *dispatcher) send(j *job, carrier map[string]string) {
 		// Aborted after the tracker leased it, before this call left: the
 		// tracker records ABORTED for any end but a delivery.
 		d.mu.Unlock()
-		j.notAttempted = true
-		j.aborted.Store(true)
-		if j.done != nil {
-			j.done(errNotAttempted)
-		}
-		d.q.finish(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_012",
-			Description: "not sent: the message was aborted before its call left"}, nil, 0)
+		d.notSent(j, &pluginsv1.DeliverResponse{Outcome: pluginsv1.Outcome_OUTCOME_RETRYABLE, ErrorCode: "QUE_012",
+			Description: "not sent: the message was aborted before its call left"})
 		return
 	}
 	c := d.cur
 	if c == nil || c.broken {
 		d.mu.Unlock()
-		j.notAttempted = true
 		if j.reconcile {
-			d.q.finish(j, &pluginsv1.DeliverResponse{ErrorCode: "QUE_001", Description: "no stream to the plugin host"}, nil, 0)
+			d.notSent(j, &pluginsv1.DeliverResponse{ErrorCode: "QUE_001", Description: "no stream to the plugin host"})
 			return
 		}
-		j.done(errNotAttempted) // no provider call: neither success nor failure
-		d.q.finish(j, notSent("no stream to the plugin host"), nil, 0)
+		d.notSent(j, notSent("no stream to the plugin host"))
 		return
 	}
 	d.nextID++
@@ -226,6 +219,16 @@ func (d *dispatcher) send(j *job, carrier map[string]string) {
 		d.q.log.Warn("send to plugin host failed", "message_id", m.GetId(), "error_code", "QUE_005", "err", err)
 		c.cancel()
 	}
+}
+
+// notSent ends a job that never reached the plugin host: no provider call,
+// so neither a success nor a failure for the channel's circuit breaker.
+func (d *dispatcher) notSent(j *job, r *pluginsv1.DeliverResponse) {
+	j.notAttempted = true
+	if j.done != nil { // a reconcile job holds no breaker slot
+		j.done(errNotAttempted)
+	}
+	d.q.finish(j, r, nil, 0)
 }
 
 // receive reads answers until the stream ends, then reports what is still

@@ -47,10 +47,13 @@ type convFilter struct {
 	bits   uint               // the filter's size
 	keys   uint               // distinct keys added (less the few a false positive hid)
 	max    uint               // convFilterMaxKeys; tests set less
-	ready  bool               // the load has given every key stored before Open
-	loaded string             // how: "saved" or "scan" (tests and the log)
-	stop   chan struct{}
-	done   chan struct{}
+	// replayMax is the most events a load replays after the saved filter
+	// (convFilterReplayMax; tests set less).
+	replayMax uint
+	ready     bool   // the load has given every key stored before Open
+	loaded    string // how: "saved" or "scan" (tests and the log)
+	stop      chan struct{}
+	done      chan struct{}
 	// scanned, when not nil, is called after each chunk of a scan or a
 	// replay (tests pause the load with it).
 	scanned func()
@@ -68,11 +71,12 @@ const (
 
 func newConvFilter(bits, max uint) *convFilter {
 	return &convFilter{
-		filter: bloom.New(bits, convFilterHashes),
-		bits:   bits,
-		max:    max,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		filter:    bloom.New(bits, convFilterHashes),
+		bits:      bits,
+		max:       max,
+		replayMax: convFilterReplayMax,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 }
 

@@ -13,24 +13,37 @@ import (
 // Without that replay the conversations started after the clean stop
 // would be called new, and their sequences would start again at 1.
 func TestConversationFilterSavedAndTheEventsAfterIt(t *testing.T) {
-	fs := vfs.NewCrashableMem()
 	c := newClock()
-	before := conversations("before", 1500)
-	storeConversations(t, fs, c, before)
+	before, after := conversations("before", 1500), conversations("after", 1500)
+	crashed := crashAfterCleanStop(t, c, before, after)
 
-	s := openTest(t, fs, c, PolicyFail)
-	waitConvFilter(t, s, "saved")
-	after := conversations("after", 1500)
-	acceptEach(t, s, after)
-	crashed := fs.CrashClone(vfs.CrashCloneCfg{})
-	s.Close()
-
-	s = openTest(t, crashed, c, PolicyFail)
+	s := openTest(t, crashed, c, PolicyFail)
 	defer s.Close()
 	waitConvFilter(t, s, "saved")
-	for c, seq := range acceptEach(t, s, append(before, after...)) {
+	wantSecondSequence(t, s, append(before, after...))
+}
+
+// crashAfterCleanStop stores a message in each of before and stops
+// cleanly (Close saves the filter), then opens the store again, stores a
+// message in each of after and returns what a crash then leaves.
+func crashAfterCleanStop(t *testing.T, c *clock, before, after []string) vfs.FS {
+	t.Helper()
+	fs := vfs.NewCrashableMem()
+	storeConversations(t, fs, c, before)
+	s := openTest(t, fs, c, PolicyFail)
+	defer s.Close()
+	waitConvFilter(t, s, "saved")
+	acceptEach(t, s, after)
+	return fs.CrashClone(vfs.CrashCloneCfg{})
+}
+
+// wantSecondSequence accepts one more message into each conversation and
+// checks that it gets sequence 2.
+func wantSecondSequence(t *testing.T, s *Store, convs []string) {
+	t.Helper()
+	for c, seq := range acceptEach(t, s, convs) {
 		if seq != 2 {
-			t.Fatalf("%s: sequence %d after a crash, want 2", c, seq)
+			t.Fatalf("%s: sequence %d, want 2", c, seq)
 		}
 	}
 }
@@ -73,11 +86,7 @@ func reopenByScan(t *testing.T, fs vfs.FS, c *clock, convs []string) {
 	s := openTest(t, fs, c, PolicyFail)
 	defer s.Close()
 	waitConvFilter(t, s, "scan")
-	for c, seq := range acceptEach(t, s, convs) {
-		if seq != 2 {
-			t.Fatalf("%s: sequence %d, want 2", c, seq)
-		}
-	}
+	wantSecondSequence(t, s, convs)
 }
 
 // storeConversations opens the store in fs, accepts one message into each
@@ -119,4 +128,20 @@ func writeSavedFilter(t *testing.T, fs vfs.FS, b []byte) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A saved filter more events behind the store than a load replays (a crash
+// long after the last clean stop) is passed over: the load scans instead.
+func TestConversationFilterSavedLongAgoIsPassedOver(t *testing.T) {
+	c := newClock()
+	before, after := conversations("before", 100), conversations("after", 50) // 50 events after the saved filter
+	crashed := crashAfterCleanStop(t, c, before, after)
+
+	s, err := Open("db", Options{FS: crashed, Now: c.Now, CacheSize: 8 << 20, convFilterReplayMax: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitConvFilter(t, s, "scan")
+	wantSecondSequence(t, s, append(before, after...))
 }

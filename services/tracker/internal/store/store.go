@@ -88,6 +88,10 @@ type Options struct {
 	// convFilterScanned is called after each chunk of the conversation
 	// filter's scan at Open (tests pause it).
 	convFilterScanned func()
+	// convFilterReplayMax is the most events the conversation filter's
+	// load replays after the saved filter (0: convFilterReplayMax); tests
+	// set less.
+	convFilterReplayMax uint
 	// SyncShareDelay is how long a lease batch or a batch of delivery
 	// outcomes, committed without an fsync of its own, waits for another
 	// commit's fsync to make it durable before it syncs the WAL itself
@@ -293,6 +297,9 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	s.convs = newConvFilter(convFilterBits, o.convFilterMax)
 	s.convs.scanned = o.convFilterScanned
+	if o.convFilterReplayMax > 0 {
+		s.convs.replayMax = o.convFilterReplayMax
+	}
 	go s.convs.load(db, s.fs, s.fs.PathJoin(dir, convFilterFile), last, s.log)
 	return s, nil
 }

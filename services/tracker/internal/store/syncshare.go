@@ -81,17 +81,8 @@ func (w *syncShare) watch() (done uint64, changed <-chan struct{}) {
 }
 
 // commitUnsynced applies a batch, written to the WAL but not synced; it is
-// durable once a ticket ≥ the returned one has returned (awaitSync). With
-// sharing off it is a synced commit.
+// durable once a ticket ≥ the returned one has returned (awaitSync).
 func (s *Store) commitUnsynced(b *pebble.Batch) (need uint64) {
-	if s.shareDelay < 0 {
-		ticket := s.syncs.take()
-		if err := b.Commit(pebble.Sync); err != nil {
-			s.commitFailed(err)
-		}
-		s.syncs.give(ticket)
-		return ticket
-	}
 	s.syncs.unsynced.Add(1)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		s.commitFailed(err)
@@ -103,9 +94,7 @@ func (s *Store) commitUnsynced(b *pebble.Batch) (need uint64) {
 // for is durable.
 func (s *Store) awaitSync(need uint64, start time.Time) {
 	s.waitSynced(need)
-	if s.shareDelay >= 0 {
-		s.syncs.unsynced.Add(-1)
-	}
+	s.syncs.unsynced.Add(-1)
 	if s.onCommit != nil {
 		s.onCommit(time.Since(start))
 	}
@@ -131,7 +120,7 @@ func (s *Store) waitSynced(need uint64) {
 			return
 		}
 		if timeout == nil {
-			t := time.NewTimer(max(s.shareDelay, 0))
+			t := time.NewTimer(s.shareDelay)
 			defer t.Stop()
 			timeout = t.C
 		}

@@ -38,17 +38,44 @@ func waitVisible(t *testing.T, s *Store, id string, state storev1.State) {
 	}
 }
 
-// stateAfterCrash reopens a crash of fs (everything not synced is lost)
-// and returns the message's state there.
-func stateAfterCrash(t *testing.T, fs *vfs.MemFS, c *clock, id string) storev1.State {
+// wantAfterCrash reopens a crash of fs (everything not synced is lost)
+// and checks the message's state there.
+func wantAfterCrash(t *testing.T, fs *vfs.MemFS, c *clock, id string, want storev1.State, when string) {
 	t.Helper()
 	r := openShared(t, fs.CrashClone(vfs.CrashCloneCfg{}), c, 0)
 	defer r.Close()
 	d, err := r.getDelivery(id)
 	if err != nil {
-		t.Fatalf("after a crash, %s: %v", id, err)
+		t.Fatalf("after a crash %s, %s: %v", when, id, err)
 	}
-	return d.GetState()
+	if d.GetState() != want {
+		t.Fatalf("after a crash %s: %s, want %s", when, d.GetState(), want)
+	}
+}
+
+// acceptOne opens a store on a crashable file system with the given
+// share delay and accepts one message; it returns the message's id.
+func acceptOne(t *testing.T, delay time.Duration) (*vfs.MemFS, *clock, *Store, string) {
+	t.Helper()
+	fs := vfs.NewCrashableMem()
+	c := newClock()
+	s := openShared(t, fs, c, delay)
+	t.Cleanup(func() { s.Close() })
+	return fs, c, s, mustAccept(t, s, newMessage("c1")).Message.GetId()
+}
+
+// notAnswered checks that nothing arrives on ch for 50 ms.
+func notAnswered[T any](t *testing.T, ch <-chan T, what string) {
+	t.Helper()
+	select {
+	case v := <-ch:
+		t.Fatalf("%s answered (%v) before any fsync made what it saw durable", what, v)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func deliveredOutcome(l Leased) Outcome {
+	return Outcome{MessageID: l.Message.GetId(), LeaseToken: l.Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p1"}
 }
 
 // A lease batch and a batch of outcomes have no fsync of their own: they
@@ -56,11 +83,7 @@ func stateAfterCrash(t *testing.T, fs *vfs.MemFS, c *clock, id string) storev1.S
 // durable, and a crash after they answered keeps them. The delay is an
 // hour, so no sync of their own helps them.
 func TestSharedCommitsAnswerAfterAnotherCommitsFsync(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	c := newClock()
-	s := openShared(t, fs, c, time.Hour)
-	defer s.Close()
-	first := mustAccept(t, s, newMessage("c1")).Message.GetId()
+	fs, c, s, first := acceptOne(t, time.Hour)
 
 	leased := make(chan []Leased, 1)
 	go func() {
@@ -71,63 +94,46 @@ func TestSharedCommitsAnswerAfterAnotherCommitsFsync(t *testing.T) {
 		leased <- l
 	}()
 	waitVisible(t, s, first, storev1.State_STATE_IN_FLIGHT) // committed, not durable
-	select {
-	case <-leased:
-		t.Fatal("Lease answered before any fsync made its batch durable")
-	case <-time.After(50 * time.Millisecond):
-	}
+	notAnswered(t, leased, "Lease")
 	mustAccept(t, s, newMessage("c2"))
 	l := <-leased
 	if len(l) != 1 || l[0].Message.GetId() != first {
 		t.Fatalf("leased %v, want %s", l, first)
 	}
-	if st := stateAfterCrash(t, fs, c, first); st != storev1.State_STATE_IN_FLIGHT {
-		t.Fatalf("after a crash once Lease answered: %s, want IN_FLIGHT", st)
-	}
+	wantAfterCrash(t, fs, c, first, storev1.State_STATE_IN_FLIGHT, "once Lease answered")
 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		o := Outcome{MessageID: first, LeaseToken: l[0].Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p1"}
-		if _, err := s.Complete([]Outcome{o}); err != nil {
+		if _, err := s.Complete([]Outcome{deliveredOutcome(l[0])}); err != nil {
 			t.Errorf("complete: %v", err)
 		}
 	}()
 	waitVisible(t, s, first, storev1.State_STATE_DELIVERED)
-	select {
-	case <-done:
-		t.Fatal("Complete answered before any fsync made its batch durable")
-	case <-time.After(50 * time.Millisecond):
-	}
+	notAnswered(t, done, "Complete")
 	mustAccept(t, s, newMessage("c3"))
 	<-done
-	if st := stateAfterCrash(t, fs, c, first); st != storev1.State_STATE_DELIVERED {
-		t.Fatalf("after a crash once Complete answered: %s, want DELIVERED", st)
-	}
+	wantAfterCrash(t, fs, c, first, storev1.State_STATE_DELIVERED, "once Complete answered")
 }
 
 // With no other commit to share, a lease batch and a batch of outcomes
 // sync the WAL themselves after the delay, and what they answered
-// survives a crash.
+// survives a crash; with sharing off (a negative delay) each makes its
+// own fsync at once.
 func TestSharedCommitsSyncAloneAfterTheDelay(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	c := newClock()
-	s := openShared(t, fs, c, 5*time.Millisecond)
-	defer s.Close()
-	id := mustAccept(t, s, newMessage("c1")).Message.GetId()
-	l, err := s.Lease("w", 10, time.Minute, nil, false)
-	if err != nil || len(l) != 1 {
-		t.Fatalf("lease: %v, %d leased", err, len(l))
-	}
-	if st := stateAfterCrash(t, fs, c, id); st != storev1.State_STATE_IN_FLIGHT {
-		t.Fatalf("after a crash once Lease answered: %s, want IN_FLIGHT", st)
-	}
-	o := Outcome{MessageID: id, LeaseToken: l[0].Delivery.GetLeaseToken(), Result: ResultDelivered, ProviderMessageID: "p1"}
-	if _, err := s.Complete([]Outcome{o}); err != nil {
-		t.Fatal(err)
-	}
-	if st := stateAfterCrash(t, fs, c, id); st != storev1.State_STATE_DELIVERED {
-		t.Fatalf("after a crash once Complete answered: %s, want DELIVERED", st)
+	for _, delay := range []time.Duration{5 * time.Millisecond, -1} {
+		t.Run(delay.String(), func(t *testing.T) {
+			fs, c, s, id := acceptOne(t, delay)
+			l, err := s.Lease("w", 10, time.Minute, nil, false)
+			if err != nil || len(l) != 1 {
+				t.Fatalf("lease: %v, %d leased", err, len(l))
+			}
+			wantAfterCrash(t, fs, c, id, storev1.State_STATE_IN_FLIGHT, "once Lease answered")
+			if _, err := s.Complete([]Outcome{deliveredOutcome(l[0])}); err != nil {
+				t.Fatal(err)
+			}
+			wantAfterCrash(t, fs, c, id, storev1.State_STATE_DELIVERED, "once Complete answered")
+		})
 	}
 }
 
@@ -136,14 +142,10 @@ func TestSharedCommitsSyncAloneAfterTheDelay(t *testing.T) {
 // IN_FLIGHT before the batch's fsync would report a state a crash could
 // take back.
 func TestReadsAnswerOnlyDurableStates(t *testing.T) {
-	fs := vfs.NewCrashableMem()
-	c := newClock()
 	// Two seconds, not an hour: a Get that reads just after the Accept's
 	// fsync, before the lease batch's waiter has counted itself durable,
 	// waits for the next fsync, which is then the delay's.
-	s := openShared(t, fs, c, 2*time.Second)
-	defer s.Close()
-	id := mustAccept(t, s, newMessage("c1")).Message.GetId()
+	_, _, s, id := acceptOne(t, 2*time.Second)
 	leased := make(chan struct{})
 	go func() {
 		defer close(leased)
@@ -160,11 +162,7 @@ func TestReadsAnswerOnlyDurableStates(t *testing.T) {
 		}
 		got <- d.GetState()
 	}()
-	select {
-	case st := <-got:
-		t.Fatalf("Get answered %s before the lease batch it saw was durable", st)
-	case <-time.After(50 * time.Millisecond):
-	}
+	notAnswered(t, got, "Get")
 	mustAccept(t, s, newMessage("c2"))
 	if st := <-got; st != storev1.State_STATE_IN_FLIGHT {
 		t.Fatalf("Get answered %s, want IN_FLIGHT", st)

@@ -262,6 +262,10 @@ func (t *txn) commit() {
 // before durable returns. Until then, a read may see the batch's writes,
 // and any synced commit made after them makes them durable with it.
 func (t *txn) commitShared() (durable func()) {
+	if t.s.shareDelay < 0 { // sharing off: a synced commit of its own
+		t.commit()
+		return func() {}
+	}
 	start := time.Now()
 	first := t.seal()
 	need := t.s.commitUnsynced(t.b)
