@@ -31,6 +31,9 @@ import (
 const (
 	defaultGracePeriod  = 10 * time.Second
 	defaultMaxRecvBytes = 4 << 20
+	// Enough for the 64 to 128 concurrent callers herald is measured
+	// with; idle workers cost a parked goroutine each.
+	defaultStreamWorkers = 128
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -46,6 +49,15 @@ type Config struct {
 	GracePeriod time.Duration
 	// MaxRecvBytes is the largest message the server accepts. Default 4 MiB.
 	MaxRecvBytes int
+	// StreamWorkers is how many goroutines serve calls one after another
+	// (grpc.NumStreamWorkers); a call that finds them all busy, as a long
+	// stream keeps its worker, gets a goroutine of its own. Default 128;
+	// negative: none, every call gets a new goroutine.
+	//
+	// A new goroutine starts with a small stack that each call grows again,
+	// copying it: at Send@64 that was 7.5 % of the gateway's CPU and 4.7 %
+	// of the tracker's (Lease and Complete). A worker keeps its grown stack.
+	StreamWorkers int
 }
 
 // Server is a gRPC server bound to a listener. Create it with New, register
@@ -86,6 +98,9 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	if cfg.MaxRecvBytes <= 0 {
 		cfg.MaxRecvBytes = defaultMaxRecvBytes
 	}
+	if cfg.StreamWorkers == 0 {
+		cfg.StreamWorkers = defaultStreamWorkers
+	}
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -122,6 +137,9 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 			Time:    30 * time.Second,
 			Timeout: 10 * time.Second,
 		}),
+	}
+	if cfg.StreamWorkers > 0 {
+		base = append(base, grpc.NumStreamWorkers(uint32(cfg.StreamWorkers)))
 	}
 	gs := grpc.NewServer(append(base, opts...)...)
 	s.grpc = gs

@@ -630,8 +630,8 @@ func (s *Store) RecordEvent(typ, channel, code, detail string) (uint64, error) {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	seq := s.events.reserve(1)
-	ev := &storev1.Event{Sequence: seq, TimeUnixNano: s.now().UnixNano(), Type: typ, Channel: channel, ErrorCode: code, Detail: detail}
+	ev := &storev1.Event{TimeUnixNano: s.now().UnixNano(), Type: typ, Channel: channel, ErrorCode: code, Detail: detail}
+	seq := s.events.reserve([]*storev1.Event{ev})
 	b.Set(eventKey(seq), mustMarshal(ev), nil)
 	s.commit(b)
 	s.events.publish(seq, 1)

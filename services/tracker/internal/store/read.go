@@ -152,12 +152,23 @@ type EventFilter struct {
 // is how many it read; when read < limit it reached the newest durable
 // event. Events that do not match are skipped on their type and channel
 // fields alone, without decoding them: a watcher of rare events (the
-// queue's abort follower) does not pay for the log's every event. It never
-// reads an event while an earlier one is still being committed, so a reader
-// that resumes from last misses nothing.
+// queue's abort follower) does not pay for the log's every event; with a
+// type, when no event of that type was numbered after after, it reads
+// nothing and returns the durable watermark as last. It never reads an
+// event while an earlier one is still being committed, so a reader that
+// resumes from last misses nothing.
 func (s *Store) Events(after uint64, limit int, f EventFilter) (evs []*storev1.Event, last uint64, read int, err error) {
 	last = after
-	durable, _ := s.events.watch()
+	var durable uint64
+	if f.Type == "" {
+		durable, _ = s.events.watch()
+	} else {
+		var mayHold uint64
+		if durable, mayHold = s.events.watchType(f.Type); mayHold <= after {
+			// No event of the type after after: none to read up to durable.
+			return nil, max(after, durable), 0, nil
+		}
+	}
 	if after >= durable {
 		return nil, last, 0, nil
 	}

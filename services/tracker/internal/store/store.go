@@ -744,6 +744,12 @@ type sequencer struct {
 	done    map[uint64]bool // committed sequences above durable
 	changed chan struct{}   // closed and replaced when durable grows
 	closed  bool
+	// opened is the last sequence at Open, and lastOf the last sequence
+	// handed out to each type since: no event of type t is above
+	// max(opened, lastOf[t]). A watcher of one type skips the log up to
+	// the durable watermark when none of its type came after it.
+	opened uint64
+	lastOf map[string]uint64
 }
 
 func (q *sequencer) init(last uint64) {
@@ -751,13 +757,19 @@ func (q *sequencer) init(last uint64) {
 	q.durable = last
 	q.done = make(map[uint64]bool)
 	q.changed = make(chan struct{})
+	q.opened = last
+	q.lastOf = make(map[string]uint64)
 }
 
-// reserve hands out n consecutive sequences and returns the first.
-func (q *sequencer) reserve(n int) uint64 {
+// reserve numbers evs with consecutive sequences and returns the first.
+func (q *sequencer) reserve(evs []*storev1.Event) uint64 {
 	q.mu.Lock()
 	first := q.next
-	q.next += uint64(n)
+	for _, ev := range evs {
+		ev.Sequence = q.next
+		q.lastOf[ev.GetType()] = q.next
+		q.next++
+	}
 	q.mu.Unlock()
 	return first
 }
@@ -789,6 +801,16 @@ func (q *sequencer) watch() (uint64, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.durable, q.changed
+}
+
+// watchType returns the durable watermark and the last sequence that may
+// hold an event of type typ, read together: an event of typ at or below
+// the watermark was numbered before it was read, so it is at or below the
+// last sequence returned.
+func (q *sequencer) watchType(typ string) (durable, last uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.durable, max(q.opened, q.lastOf[typ])
 }
 
 func (q *sequencer) close() {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -293,6 +294,116 @@ func TestEventsFilterSkipsWithoutDecoding(t *testing.T) {
 	}
 	if got, _, _, _ := s.Events(0, 1000, EventFilter{Type: EventAborted}); len(got) != len(aborted) {
 		t.Fatalf("%d aborted events, want %d", len(got), len(aborted))
+	}
+}
+
+// TestEventsOfATypeSkipTheLogOnlyWhenNoneCame: a read of one type reads
+// nothing when no event of that type was numbered after where it starts,
+// and still finds the events of the type logged before the store was
+// opened and those logged while writers run.
+func TestEventsOfATypeSkipTheLogOnlyWhenNoneCame(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openTest(t, fs, newClock(), PolicyFail)
+	abort := func(s *Store, conv string) string {
+		m := newMessage(conv)
+		mustAccept(t, s, m)
+		if _, err := s.Abort(m.Id, "test"); err != nil {
+			t.Fatal(err)
+		}
+		return m.Id
+	}
+	var before []string
+	for i := range 3 {
+		mustAccept(t, s, newMessage(fmt.Sprint("a", i)))
+		before = append(before, abort(s, fmt.Sprint("b", i)))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, fs, newClock(), PolicyFail)
+	defer s.Close()
+	ids := func(evs []*storev1.Event) (out []string) {
+		for _, ev := range evs {
+			out = append(out, ev.MessageId)
+		}
+		return out
+	}
+	evs, last, _, err := s.Events(0, 1000, EventFilter{Type: EventAborted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids(evs)) != fmt.Sprint(before) {
+		t.Fatalf("after a reopen: aborted events of %v, want %v", ids(evs), before)
+	}
+
+	// Events of other types only: nothing is read, and the reader moves to
+	// the newest event.
+	for i := range 10 {
+		mustAccept(t, s, newMessage(fmt.Sprint("c", i)))
+	}
+	newest := s.LastEvent()
+	evs, got, read, err := s.Events(last, 4, EventFilter{Type: EventAborted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 0 || read != 0 || got != newest {
+		t.Fatalf("no abort since %d: %d events, read %d, last %d; want none, 0 read, last %d", last, len(evs), read, got, newest)
+	}
+	last = got
+
+	// A follower of aborts while writers accept and abort.
+	var want []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				if i%5 == 0 {
+					id := abort(s, fmt.Sprint("w", g, "-", i))
+					mu.Lock()
+					want = append(want, id)
+					mu.Unlock()
+				} else {
+					mustAccept(t, s, newMessage(fmt.Sprint("w", g, "-", i)))
+				}
+			}
+		}()
+	}
+	var seen []string
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true // one more read after the writers end
+		default:
+		}
+		evs, got, _, err := s.Events(last, 3, EventFilter{Type: EventAborted})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = append(seen, ids(evs)...)
+		last = got
+		if finished {
+			for {
+				evs, got, read, err := s.Events(last, 3, EventFilter{Type: EventAborted})
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen = append(seen, ids(evs)...)
+				last = got
+				if read < 3 {
+					break
+				}
+			}
+		}
+	}
+	slices.Sort(seen)
+	slices.Sort(want)
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("the follower saw %d aborts, want %d:\n got %v\nwant %v", len(seen), len(want), seen, want)
 	}
 }
 

@@ -279,10 +279,9 @@ func (t *txn) commitShared() (durable func()) {
 // seal writes the batch's events, delivery records and counter deltas
 // into it, and returns the first event's sequence.
 func (t *txn) seal() (first uint64) {
-	if n := len(t.events); n > 0 {
-		first = t.s.events.reserve(n)
-		for i, ev := range t.events {
-			ev.Sequence = first + uint64(i)
+	if len(t.events) > 0 {
+		first = t.s.events.reserve(t.events)
+		for _, ev := range t.events {
 			t.b.Set(eventKey(ev.Sequence), mustMarshal(ev), nil)
 			// The message's timeline points to the event by its sequence
 			// (the event is written once, in the log): in its delivery
