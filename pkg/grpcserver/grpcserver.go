@@ -1,6 +1,7 @@
 // Package grpcserver builds the gRPC server every herald service runs: one
-// listener, OpenTelemetry stats, quiet error logging, panic recovery, the
-// standard health and reflection services, and a bounded graceful stop.
+// listener, OpenTelemetry stats, quiet error logging, panic recovery, worker
+// goroutines that keep their grown stacks between calls, the standard health
+// and reflection services, and a bounded graceful stop.
 //
 // It holds no business rules; services register their own handlers on
 // GRPC() before calling Serve.
