@@ -571,10 +571,7 @@ func (h *Host) logFailure(ctx context.Context, d *Delivery, adapter string, res 
 func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context.Context, trace.Span) {
 	var opts []trace.SpanStartOption
 	if d.GetTraceparent() != "" {
-		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
-			"traceparent": d.GetTraceparent(),
-			"tracestate":  d.GetTracestate(),
-		})
+		ctx = propagation.TraceContext{}.Extract(ctx, deliveryCarrier{d})
 	}
 	if !trace.SpanContextFromContext(ctx).IsRemote() {
 		// No message trace: do not hang the attempt under the stream's
@@ -592,3 +589,21 @@ func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context
 	}
 	return ctx, span
 }
+
+// deliveryCarrier reads a delivery's trace context for the propagator
+// without building a map for each attempt.
+type deliveryCarrier struct{ d *pluginsv1.Delivery }
+
+func (c deliveryCarrier) Get(key string) string {
+	switch key {
+	case "traceparent":
+		return c.d.GetTraceparent()
+	case "tracestate":
+		return c.d.GetTracestate()
+	}
+	return ""
+}
+
+func (deliveryCarrier) Set(string, string) {}
+
+func (deliveryCarrier) Keys() []string { return []string{"traceparent", "tracestate"} }
