@@ -136,13 +136,11 @@ func (f *convFilter) loadSaved(db *pebble.DB, fs vfs.FS, path string, lastEvent 
 		f.filter = nil
 	}
 	f.mu.Unlock()
-	if ok, err := f.replay(db, hdr.event, lastEvent); !ok || err != nil {
-		if err != nil {
-			return false, err.Error()
-		}
-		return false, ""
+	ok, err = f.replay(db, hdr.event, lastEvent)
+	if err != nil {
+		return false, err.Error()
 	}
-	return true, ""
+	return ok, ""
 }
 
 type savedHeader struct {

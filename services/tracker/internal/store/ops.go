@@ -294,9 +294,7 @@ func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[
 		t.event(EventLeased, m, next, "", worker)
 		out = append(out, Leased{Message: m, Delivery: next})
 	}
-	durable := t.commitShared()
-	unlock()
-	durable()
+	t.commitSharedThenUnlock(unlock)
 	return out, nil
 }
 
@@ -444,9 +442,7 @@ func (s *Store) Complete(outcomes []Outcome) ([]Applied, error) {
 		}
 		res[i].Applied = true
 	}
-	durable := t.commitShared()
-	unlock()
-	durable()
+	t.commitSharedThenUnlock(unlock)
 	return res, nil
 }
 

@@ -372,33 +372,28 @@ func TestEventsOfATypeSkipTheLogOnlyWhenNoneCame(t *testing.T) {
 		}()
 	}
 	var seen []string
+	catchUp := func() { // reads pages until it reaches the newest event
+		for {
+			evs, got, read, err := s.Events(last, 3, EventFilter{Type: EventAborted})
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen = append(seen, ids(evs)...)
+			last = got
+			if read < 3 {
+				return
+			}
+		}
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	for finished := false; !finished; {
 		select {
 		case <-done:
-			finished = true // one more read after the writers end
+			finished = true // one more catch-up after the writers end
 		default:
 		}
-		evs, got, _, err := s.Events(last, 3, EventFilter{Type: EventAborted})
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen = append(seen, ids(evs)...)
-		last = got
-		if finished {
-			for {
-				evs, got, read, err := s.Events(last, 3, EventFilter{Type: EventAborted})
-				if err != nil {
-					t.Fatal(err)
-				}
-				seen = append(seen, ids(evs)...)
-				last = got
-				if read < 3 {
-					break
-				}
-			}
-		}
+		catchUp()
 	}
 	slices.Sort(seen)
 	slices.Sort(want)

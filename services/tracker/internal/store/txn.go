@@ -276,6 +276,14 @@ func (t *txn) commitShared() (durable func()) {
 	}
 }
 
+// commitSharedThenUnlock commits as commitShared, releases the caller's
+// stripe locks (unlock), then returns once the batch is durable.
+func (t *txn) commitSharedThenUnlock(unlock func()) {
+	durable := t.commitShared()
+	unlock()
+	durable()
+}
+
 // seal writes the batch's events, delivery records and counter deltas
 // into it, and returns the first event's sequence.
 func (t *txn) seal() (first uint64) {
