@@ -201,6 +201,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		srv.SetServing(false)
 		svc.Stop()
 		svc.Drain(time.Second, c.drainTimeout)
+		svc.Close()
 		stopServing()
 	}()
 	// Damage found by any read, or by the scrub, stops the tracker: it
@@ -216,7 +217,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		log.Error("store damaged: stopping", "error_code", "TRK_002", "files", strings.Join(files, ", "))
 		damaged <- damagedError(c, files)
 		srv.SetServing(false)
-		svc.Stop()
+		svc.Close()
 		stopServing()
 	}()
 	// Background upkeep after the start: it ends before the store closes.

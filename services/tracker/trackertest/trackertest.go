@@ -84,6 +84,7 @@ func StartWith(t testing.TB, o Options) string {
 	go func() { srv.Serve(ctx); close(done) }()
 	go svc.ExpireLeases(ctx, 100*time.Millisecond)
 	t.Cleanup(func() {
+		svc.Close()
 		cancel()
 		<-done
 		st.Close()

@@ -2493,12 +2493,14 @@ const file_herald_tracker_v1_tracker_proto_rawDesc = "" +
 	"\x16RESULT_RECONCILE_FOUND\x10\x05\x12\x1e\n" +
 	"\x1aRESULT_RECONCILE_NOT_FOUND\x10\x06\x12\"\n" +
 	"\x1eRESULT_RECONCILE_CANNOT_ANSWER\x10\a\x12\x1a\n" +
-	"\x16RESULT_RECONCILE_ERROR\x10\b2\xe4\f\n" +
+	"\x16RESULT_RECONCILE_ERROR\x10\b2\x99\x0e\n" +
 	"\x0eTrackerService\x12M\n" +
 	"\x06Accept\x12 .herald.tracker.v1.AcceptRequest\x1a!.herald.tracker.v1.AcceptResponse\x12c\n" +
 	"\fAcceptStream\x12&.herald.tracker.v1.AcceptStreamRequest\x1a'.herald.tracker.v1.AcceptStreamResponse(\x010\x01\x12J\n" +
 	"\x05Lease\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse\x12S\n" +
-	"\bComplete\x12\".herald.tracker.v1.CompleteRequest\x1a#.herald.tracker.v1.CompleteResponse\x12Y\n" +
+	"\bComplete\x12\".herald.tracker.v1.CompleteRequest\x1a#.herald.tracker.v1.CompleteResponse\x12T\n" +
+	"\vLeaseStream\x12\x1f.herald.tracker.v1.LeaseRequest\x1a .herald.tracker.v1.LeaseResponse(\x010\x01\x12]\n" +
+	"\x0eCompleteStream\x12\".herald.tracker.v1.CompleteRequest\x1a#.herald.tracker.v1.CompleteResponse(\x010\x01\x12Y\n" +
 	"\n" +
 	"GetMessage\x12$.herald.tracker.v1.GetMessageRequest\x1a%.herald.tracker.v1.GetMessageResponse\x12P\n" +
 	"\aHistory\x12!.herald.tracker.v1.HistoryRequest\x1a\".herald.tracker.v1.HistoryResponse\x12N\n" +
@@ -2613,42 +2615,46 @@ var file_herald_tracker_v1_tracker_proto_depIdxs = []int32{
 	20, // 29: herald.tracker.v1.TrackerService.AcceptStream:input_type -> herald.tracker.v1.AcceptStreamRequest
 	25, // 30: herald.tracker.v1.TrackerService.Lease:input_type -> herald.tracker.v1.LeaseRequest
 	29, // 31: herald.tracker.v1.TrackerService.Complete:input_type -> herald.tracker.v1.CompleteRequest
-	32, // 32: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
-	34, // 33: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
-	36, // 34: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
-	37, // 35: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
-	10, // 36: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
-	12, // 37: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
-	13, // 38: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
-	13, // 39: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
-	15, // 40: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
-	17, // 41: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
-	8,  // 42: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
-	4,  // 43: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
-	6,  // 44: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
-	7,  // 45: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
-	1,  // 46: herald.tracker.v1.TrackerService.RecoveryStatus:input_type -> herald.tracker.v1.RecoveryStatusRequest
-	24, // 47: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
-	22, // 48: herald.tracker.v1.TrackerService.AcceptStream:output_type -> herald.tracker.v1.AcceptStreamResponse
-	27, // 49: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
-	31, // 50: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
-	33, // 51: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
-	35, // 52: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
-	46, // 53: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
-	38, // 54: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
-	11, // 55: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
-	35, // 56: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
-	14, // 57: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
-	14, // 58: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
-	16, // 59: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
-	18, // 60: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
-	9,  // 61: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
-	5,  // 62: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
-	24, // 63: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
-	5,  // 64: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
-	3,  // 65: herald.tracker.v1.TrackerService.RecoveryStatus:output_type -> herald.tracker.v1.RecoveryStatusResponse
-	47, // [47:66] is the sub-list for method output_type
-	28, // [28:47] is the sub-list for method input_type
+	25, // 32: herald.tracker.v1.TrackerService.LeaseStream:input_type -> herald.tracker.v1.LeaseRequest
+	29, // 33: herald.tracker.v1.TrackerService.CompleteStream:input_type -> herald.tracker.v1.CompleteRequest
+	32, // 34: herald.tracker.v1.TrackerService.GetMessage:input_type -> herald.tracker.v1.GetMessageRequest
+	34, // 35: herald.tracker.v1.TrackerService.History:input_type -> herald.tracker.v1.HistoryRequest
+	36, // 36: herald.tracker.v1.TrackerService.WatchEvents:input_type -> herald.tracker.v1.WatchEventsRequest
+	37, // 37: herald.tracker.v1.TrackerService.Stats:input_type -> herald.tracker.v1.StatsRequest
+	10, // 38: herald.tracker.v1.TrackerService.Abort:input_type -> herald.tracker.v1.AbortRequest
+	12, // 39: herald.tracker.v1.TrackerService.ListDeadLetters:input_type -> herald.tracker.v1.ListDeadLettersRequest
+	13, // 40: herald.tracker.v1.TrackerService.Redrive:input_type -> herald.tracker.v1.RedriveRequest
+	13, // 41: herald.tracker.v1.TrackerService.Purge:input_type -> herald.tracker.v1.RedriveRequest
+	15, // 42: herald.tracker.v1.TrackerService.Backup:input_type -> herald.tracker.v1.BackupRequest
+	17, // 43: herald.tracker.v1.TrackerService.Verify:input_type -> herald.tracker.v1.VerifyRequest
+	8,  // 44: herald.tracker.v1.TrackerService.RecordEvent:input_type -> herald.tracker.v1.RecordEventRequest
+	4,  // 45: herald.tracker.v1.TrackerService.OpenReply:input_type -> herald.tracker.v1.OpenReplyRequest
+	6,  // 46: herald.tracker.v1.TrackerService.AppendChunk:input_type -> herald.tracker.v1.AppendChunkRequest
+	7,  // 47: herald.tracker.v1.TrackerService.CloseReply:input_type -> herald.tracker.v1.CloseReplyRequest
+	1,  // 48: herald.tracker.v1.TrackerService.RecoveryStatus:input_type -> herald.tracker.v1.RecoveryStatusRequest
+	24, // 49: herald.tracker.v1.TrackerService.Accept:output_type -> herald.tracker.v1.AcceptResponse
+	22, // 50: herald.tracker.v1.TrackerService.AcceptStream:output_type -> herald.tracker.v1.AcceptStreamResponse
+	27, // 51: herald.tracker.v1.TrackerService.Lease:output_type -> herald.tracker.v1.LeaseResponse
+	31, // 52: herald.tracker.v1.TrackerService.Complete:output_type -> herald.tracker.v1.CompleteResponse
+	27, // 53: herald.tracker.v1.TrackerService.LeaseStream:output_type -> herald.tracker.v1.LeaseResponse
+	31, // 54: herald.tracker.v1.TrackerService.CompleteStream:output_type -> herald.tracker.v1.CompleteResponse
+	33, // 55: herald.tracker.v1.TrackerService.GetMessage:output_type -> herald.tracker.v1.GetMessageResponse
+	35, // 56: herald.tracker.v1.TrackerService.History:output_type -> herald.tracker.v1.HistoryResponse
+	46, // 57: herald.tracker.v1.TrackerService.WatchEvents:output_type -> herald.store.v1.Event
+	38, // 58: herald.tracker.v1.TrackerService.Stats:output_type -> herald.tracker.v1.StatsResponse
+	11, // 59: herald.tracker.v1.TrackerService.Abort:output_type -> herald.tracker.v1.AbortResponse
+	35, // 60: herald.tracker.v1.TrackerService.ListDeadLetters:output_type -> herald.tracker.v1.HistoryResponse
+	14, // 61: herald.tracker.v1.TrackerService.Redrive:output_type -> herald.tracker.v1.RedriveResponse
+	14, // 62: herald.tracker.v1.TrackerService.Purge:output_type -> herald.tracker.v1.RedriveResponse
+	16, // 63: herald.tracker.v1.TrackerService.Backup:output_type -> herald.tracker.v1.BackupResponse
+	18, // 64: herald.tracker.v1.TrackerService.Verify:output_type -> herald.tracker.v1.VerifyResponse
+	9,  // 65: herald.tracker.v1.TrackerService.RecordEvent:output_type -> herald.tracker.v1.RecordEventResponse
+	5,  // 66: herald.tracker.v1.TrackerService.OpenReply:output_type -> herald.tracker.v1.ReplyResponse
+	24, // 67: herald.tracker.v1.TrackerService.AppendChunk:output_type -> herald.tracker.v1.AcceptResponse
+	5,  // 68: herald.tracker.v1.TrackerService.CloseReply:output_type -> herald.tracker.v1.ReplyResponse
+	3,  // 69: herald.tracker.v1.TrackerService.RecoveryStatus:output_type -> herald.tracker.v1.RecoveryStatusResponse
+	49, // [49:70] is the sub-list for method output_type
+	28, // [28:49] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name

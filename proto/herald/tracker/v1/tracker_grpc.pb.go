@@ -27,6 +27,8 @@ const (
 	TrackerService_AcceptStream_FullMethodName    = "/herald.tracker.v1.TrackerService/AcceptStream"
 	TrackerService_Lease_FullMethodName           = "/herald.tracker.v1.TrackerService/Lease"
 	TrackerService_Complete_FullMethodName        = "/herald.tracker.v1.TrackerService/Complete"
+	TrackerService_LeaseStream_FullMethodName     = "/herald.tracker.v1.TrackerService/LeaseStream"
+	TrackerService_CompleteStream_FullMethodName  = "/herald.tracker.v1.TrackerService/CompleteStream"
 	TrackerService_GetMessage_FullMethodName      = "/herald.tracker.v1.TrackerService/GetMessage"
 	TrackerService_History_FullMethodName         = "/herald.tracker.v1.TrackerService/History"
 	TrackerService_WatchEvents_FullMethodName     = "/herald.tracker.v1.TrackerService/WatchEvents"
@@ -87,6 +89,21 @@ type TrackerServiceClient interface {
 	// whole batch is safe. Errors: INVALID_ARGUMENT (an outcome without a
 	// result, or more than 4096 outcomes).
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
+	// LeaseStream is Lease over one long-lived stream, for a queue that asks
+	// again as soon as it has an answer: each request gets one response, in
+	// order, exactly what Lease would answer, without a call's setup
+	// (headers, a stream, interceptors) per batch. Send the next request
+	// after the previous response. An error ends the stream with the status
+	// Lease would have returned for the request it failed on; UNAVAILABLE
+	// when the tracker starts shutting down (the request under way, if any,
+	// is answered first). A tracker without it answers UNIMPLEMENTED: use
+	// Lease.
+	LeaseStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[LeaseRequest, LeaseResponse], error)
+	// CompleteStream is Complete over one long-lived stream, as LeaseStream
+	// is Lease's: one response per request, in order. It keeps answering
+	// while a shutting-down tracker drains outcomes, and ends with
+	// UNAVAILABLE when the drain is over.
+	CompleteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CompleteRequest, CompleteResponse], error)
 	// GetMessage returns a message, its delivery and its timeline.
 	// Errors: NOT_FOUND.
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
@@ -186,6 +203,32 @@ func (c *trackerServiceClient) Complete(ctx context.Context, in *CompleteRequest
 	return out, nil
 }
 
+func (c *trackerServiceClient) LeaseStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[LeaseRequest, LeaseResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[1], TrackerService_LeaseStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LeaseRequest, LeaseResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_LeaseStreamClient = grpc.BidiStreamingClient[LeaseRequest, LeaseResponse]
+
+func (c *trackerServiceClient) CompleteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CompleteRequest, CompleteResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[2], TrackerService_CompleteStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CompleteRequest, CompleteResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_CompleteStreamClient = grpc.BidiStreamingClient[CompleteRequest, CompleteResponse]
+
 func (c *trackerServiceClient) GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetMessageResponse)
@@ -208,7 +251,7 @@ func (c *trackerServiceClient) History(ctx context.Context, in *HistoryRequest, 
 
 func (c *trackerServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.Event], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[1], TrackerService_WatchEvents_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &TrackerService_ServiceDesc.Streams[3], TrackerService_WatchEvents_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -388,6 +431,21 @@ type TrackerServiceServer interface {
 	// whole batch is safe. Errors: INVALID_ARGUMENT (an outcome without a
 	// result, or more than 4096 outcomes).
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
+	// LeaseStream is Lease over one long-lived stream, for a queue that asks
+	// again as soon as it has an answer: each request gets one response, in
+	// order, exactly what Lease would answer, without a call's setup
+	// (headers, a stream, interceptors) per batch. Send the next request
+	// after the previous response. An error ends the stream with the status
+	// Lease would have returned for the request it failed on; UNAVAILABLE
+	// when the tracker starts shutting down (the request under way, if any,
+	// is answered first). A tracker without it answers UNIMPLEMENTED: use
+	// Lease.
+	LeaseStream(grpc.BidiStreamingServer[LeaseRequest, LeaseResponse]) error
+	// CompleteStream is Complete over one long-lived stream, as LeaseStream
+	// is Lease's: one response per request, in order. It keeps answering
+	// while a shutting-down tracker drains outcomes, and ends with
+	// UNAVAILABLE when the drain is over.
+	CompleteStream(grpc.BidiStreamingServer[CompleteRequest, CompleteResponse]) error
 	// GetMessage returns a message, its delivery and its timeline.
 	// Errors: NOT_FOUND.
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
@@ -455,6 +513,12 @@ func (UnimplementedTrackerServiceServer) Lease(context.Context, *LeaseRequest) (
 }
 func (UnimplementedTrackerServiceServer) Complete(context.Context, *CompleteRequest) (*CompleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Complete not implemented")
+}
+func (UnimplementedTrackerServiceServer) LeaseStream(grpc.BidiStreamingServer[LeaseRequest, LeaseResponse]) error {
+	return status.Error(codes.Unimplemented, "method LeaseStream not implemented")
+}
+func (UnimplementedTrackerServiceServer) CompleteStream(grpc.BidiStreamingServer[CompleteRequest, CompleteResponse]) error {
+	return status.Error(codes.Unimplemented, "method CompleteStream not implemented")
 }
 func (UnimplementedTrackerServiceServer) GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMessage not implemented")
@@ -582,6 +646,20 @@ func _TrackerService_Complete_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _TrackerService_LeaseStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TrackerServiceServer).LeaseStream(&grpc.GenericServerStream[LeaseRequest, LeaseResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_LeaseStreamServer = grpc.BidiStreamingServer[LeaseRequest, LeaseResponse]
+
+func _TrackerService_CompleteStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TrackerServiceServer).CompleteStream(&grpc.GenericServerStream[CompleteRequest, CompleteResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrackerService_CompleteStreamServer = grpc.BidiStreamingServer[CompleteRequest, CompleteResponse]
 
 func _TrackerService_GetMessage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetMessageRequest)
@@ -926,6 +1004,18 @@ var TrackerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "AcceptStream",
 			Handler:       _TrackerService_AcceptStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "LeaseStream",
+			Handler:       _TrackerService_LeaseStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "CompleteStream",
+			Handler:       _TrackerService_CompleteStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -26,6 +28,12 @@ type emptyLeases struct {
 func (t *emptyLeases) Lease(context.Context, *trackerv1.LeaseRequest, ...grpc.CallOption) (*trackerv1.LeaseResponse, error) {
 	t.calls.Add(1)
 	return &trackerv1.LeaseResponse{}, nil
+}
+
+// LeaseStream is refused as by a tracker from before it: the queue falls
+// back to Lease, which counts.
+func (t *emptyLeases) LeaseStream(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[trackerv1.LeaseRequest, trackerv1.LeaseResponse], error) {
+	return nil, status.Error(codes.Unimplemented, "unknown method LeaseStream")
 }
 
 func (t *emptyLeases) Stats(context.Context, *trackerv1.StatsRequest, ...grpc.CallOption) (*trackerv1.StatsResponse, error) {

@@ -149,6 +149,10 @@ type Queue struct {
 	guard    *guard
 	outcomes chan report
 
+	// Whether the tracker lacks LeaseStream, CompleteStream: then Lease and
+	// Complete are unary calls.
+	noLeaseStream, noCompleteStream atomic.Bool
+
 	delivered, retried, failed, unknown atomic.Uint64
 }
 
@@ -223,6 +227,11 @@ func (q *Queue) Run(ctx context.Context) error {
 }
 
 func (q *Queue) leaseLoop(ctx context.Context) {
+	leases := &streamCaller[trackerv1.LeaseRequest, trackerv1.LeaseResponse]{
+		method: "Lease", open: q.tracker.LeaseStream, unary: q.tracker.Lease,
+		noStream: &q.noLeaseStream, log: q.log,
+	}
+	defer leases.close()
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		free, slots := q.capacity()
@@ -243,7 +252,7 @@ func (q *Queue) leaseLoop(ctx context.Context) {
 		// Not ctx: a lease the tracker granted must reach this queue, or it
 		// sits IN_FLIGHT until expiry. The short wait bounds shutdown.
 		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		resp, err := q.tracker.Lease(lctx, &trackerv1.LeaseRequest{
+		resp, err := leases.call(lctx, &trackerv1.LeaseRequest{
 			Worker:          q.cfg.Worker,
 			Max:             uint32(min(free, q.cfg.LeaseBatch)),
 			LeaseDurationMs: q.cfg.LeaseDuration.Milliseconds(),
@@ -516,6 +525,11 @@ func (q *Queue) finish(j *job, r *pluginsv1.DeliverResponse, c *conn, reqID uint
 // channel closes and is empty. A failed call is retried whole: outcomes are
 // fenced by lease tokens, so a repeat changes nothing.
 func (q *Queue) completeLoop(ctx context.Context) {
+	completes := &streamCaller[trackerv1.CompleteRequest, trackerv1.CompleteResponse]{
+		method: "Complete", open: q.tracker.CompleteStream, unary: q.tracker.Complete,
+		noStream: &q.noCompleteStream, log: q.log,
+	}
+	defer completes.close()
 	for {
 		first, ok := <-q.outcomes
 		if !ok {
@@ -541,7 +555,7 @@ func (q *Queue) completeLoop(ctx context.Context) {
 		backoff := 50 * time.Millisecond
 		for {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := q.tracker.Complete(cctx, &trackerv1.CompleteRequest{Worker: q.cfg.Worker, Outcomes: batch})
+			_, err := completes.call(cctx, &trackerv1.CompleteRequest{Worker: q.cfg.Worker, Outcomes: batch})
 			cancel()
 			if err == nil {
 				q.disp.ack(reports)

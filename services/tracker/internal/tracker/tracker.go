@@ -44,6 +44,9 @@ type Service struct {
 	// streams end at once instead of holding the graceful stop.
 	stopping chan struct{}
 	stopOnce sync.Once
+	// closed is closed by Close, after the drain: outcome streams end.
+	closed    chan struct{}
+	closeOnce sync.Once
 	// lastReport is when the last outcome arrived (unix nanoseconds); the
 	// drain waits until outcomes stop arriving.
 	lastReport atomic.Int64
@@ -78,6 +81,14 @@ func (s *Service) refuse() error {
 // starts, before the gRPC server's graceful stop.
 func (s *Service) Stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
 
+// Close ends the outcome streams (CompleteStream), which stay open through
+// the drain; call it after Stop and Drain, before the gRPC server's
+// graceful stop, which would otherwise wait on them.
+func (s *Service) Close() {
+	s.Stop()
+	s.closeOnce.Do(func() { close(s.closed) })
+}
+
 // New returns a Service over st. backupDir is where Backup writes
 // checkpoints ("" disables Backup). The caller owns st and closes it after
 // the gRPC server has stopped.
@@ -85,7 +96,7 @@ func New(st *store.Store, log *slog.Logger, now func() time.Time, backupDir stri
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{store: st, log: log, now: now, backupDir: backupDir, stopping: make(chan struct{}), tracer: otel.Tracer(tracerName)}
+	return &Service{store: st, log: log, now: now, backupDir: backupDir, stopping: make(chan struct{}), closed: make(chan struct{}), tracer: otel.Tracer(tracerName)}
 }
 
 // Accept implements trackerv1.TrackerServiceServer.
