@@ -161,7 +161,7 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 }
 
 // send hands j to the plugin host on the current stream.
-func (d *dispatcher) send(j *job, carrier map[string]string) {
+func (d *dispatcher) send(j *job, carrier traceFields) {
 	l, m := j.lease, j.lease.GetMessage()
 	d.mu.Lock()
 	if !j.reconcile && d.aborts.has(m.GetId()) {
@@ -197,8 +197,8 @@ func (d *dispatcher) send(j *job, carrier map[string]string) {
 		Text:         m.GetText(),
 		Metadata:     m.GetMetadata(),
 		Attempt:      l.GetDelivery().GetAttempts(),
-		Traceparent:  carrier["traceparent"],
-		Tracestate:   carrier["tracestate"],
+		Traceparent:  carrier.Parent,
+		Tracestate:   carrier.State,
 		TimeoutNanos: d.q.cfg.DeliverTimeout.Nanoseconds(),
 		LeaseToken:   l.GetDelivery().GetLeaseToken(),
 	}
