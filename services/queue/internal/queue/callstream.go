@@ -45,13 +45,14 @@ func (c *streamCaller[Req, Resp]) call(ctx context.Context, req *Req) (*Resp, er
 		return c.unary(ctx, req)
 	}
 	if c.stream == nil {
+		c.answered = false
 		sctx, cancel := context.WithCancel(context.Background())
 		st, err := c.open(sctx)
 		if err != nil {
 			cancel()
 			return c.failed(ctx, req, err)
 		}
-		c.stream, c.cancel, c.answered = st, cancel, false
+		c.stream, c.cancel = st, cancel
 	}
 	stop := context.AfterFunc(ctx, c.cancel)
 	err := c.stream.Send(req)
