@@ -160,3 +160,53 @@ func TestCallsFallBackToUnaryWithoutTheStreams(t *testing.T) {
 		t.Fatalf("3 leases and outcomes took %d lease streams, %d outcome streams, %d unary Leases, %d unary Completes; want 1, 1 (each refused once), 3, 3", a, b, c, d)
 	}
 }
+
+// fakeLeases is a LeaseStream that answers its first requests (answers of
+// them), then breaks.
+type fakeLeases struct {
+	grpc.BidiStreamingClient[trackerv1.LeaseRequest, trackerv1.LeaseResponse]
+	answers int
+}
+
+func (f *fakeLeases) Send(*trackerv1.LeaseRequest) error { return nil }
+
+func (f *fakeLeases) Recv() (*trackerv1.LeaseResponse, error) {
+	if f.answers == 0 {
+		return nil, status.Error(codes.Unavailable, "tracker restarting")
+	}
+	f.answers--
+	return &trackerv1.LeaseResponse{}, nil
+}
+
+// A tracker replaced by one without the streams, after the first had
+// answered on one, gets unary calls: the answers of the stream before do
+// not count for the new one.
+func TestCallsFallBackAfterATrackerWithoutTheStreamsReplacesOne(t *testing.T) {
+	opens, unary := 0, 0
+	c := &streamCaller[trackerv1.LeaseRequest, trackerv1.LeaseResponse]{
+		method: "Lease",
+		open: func(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[trackerv1.LeaseRequest, trackerv1.LeaseResponse], error) {
+			opens++
+			if opens == 1 {
+				return &fakeLeases{answers: 1}, nil
+			}
+			return nil, status.Error(codes.Unimplemented, "unknown method LeaseStream")
+		},
+		unary: func(context.Context, *trackerv1.LeaseRequest, ...grpc.CallOption) (*trackerv1.LeaseResponse, error) {
+			unary++
+			return &trackerv1.LeaseResponse{}, nil
+		},
+		noStream: new(atomic.Bool),
+		log:      slog.New(slog.DiscardHandler),
+	}
+	ctx := context.Background()
+	if _, err := c.call(ctx, &trackerv1.LeaseRequest{}); err != nil {
+		t.Fatalf("first call, on the stream: %v", err)
+	}
+	if _, err := c.call(ctx, &trackerv1.LeaseRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("second call, the stream broken: %v, want UNAVAILABLE", err)
+	}
+	if _, err := c.call(ctx, &trackerv1.LeaseRequest{}); err != nil || unary != 1 {
+		t.Fatalf("third call, against a tracker without the stream: %v after %d unary calls; want the unary call's answer", err, unary)
+	}
+}
