@@ -18,13 +18,12 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -175,8 +174,7 @@ func (s *Service) acceptRequest(ctx context.Context, req *gatewayv1.SendRequest)
 	}
 	// The trace context travels inside the stored message so that the
 	// queue's asynchronous hop and every later attempt join this trace.
-	carrier := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	traceparent, tracestate := telemetry.InjectTrace(ctx)
 
 	msg := &storev1.Message{
 		Id:             s.newID(),
@@ -187,8 +185,8 @@ func (s *Service) acceptRequest(ctx context.Context, req *gatewayv1.SendRequest)
 		Text:           req.GetText(),
 		Metadata:       req.GetMetadata(),
 		IdempotencyKey: req.GetIdempotencyKey(),
-		Traceparent:    carrier.Get("traceparent"),
-		Tracestate:     carrier.Get("tracestate"),
+		Traceparent:    traceparent,
+		Tracestate:     tracestate,
 	}
 	// The tracker turns the time to live into an expiry on its own clock,
 	// the one that decides expiry.

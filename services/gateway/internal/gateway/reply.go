@@ -6,12 +6,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
@@ -42,11 +41,10 @@ func (s *Service) OpenReply(ctx context.Context, req *gatewayv1.OpenReplyRequest
 		bad.add("id", "%q is not a ULID: leave it empty to have one assigned", truncate(id))
 		return nil, bad.err()
 	}
-	carrier := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	traceparent, tracestate := telemetry.InjectTrace(ctx)
 	resp, err := s.tracker.OpenReply(ctx, &trackerv1.OpenReplyRequest{Reply: &storev1.Reply{
 		Id: id, Tenant: v.tenant, Channel: req.GetChannel(), Recipient: req.GetRecipient(), Conversation: v.conversation,
-		ReplyTo: req.GetReplyTo(), Traceparent: carrier.Get("traceparent"), Tracestate: carrier.Get("tracestate"),
+		ReplyTo: req.GetReplyTo(), Traceparent: traceparent, Tracestate: tracestate,
 	}})
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opOpenReply, err)
@@ -72,11 +70,10 @@ func (s *Service) AppendChunk(ctx context.Context, req *gatewayv1.AppendChunkReq
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	carrier := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	traceparent, tracestate := telemetry.InjectTrace(ctx)
 	resp, err := s.tracker.AppendChunk(ctx, &trackerv1.AppendChunkRequest{
 		ReplyId: req.GetReplyId(), Index: req.GetIndex(),
-		Message: &storev1.Message{Id: s.newID(), Text: req.GetText(), Traceparent: carrier.Get("traceparent"), Tracestate: carrier.Get("tracestate")},
+		Message: &storev1.Message{Id: s.newID(), Text: req.GetText(), Traceparent: traceparent, Tracestate: tracestate},
 	})
 	if err != nil {
 		return nil, trackerError(ctx, s.log, opAppendChunk, err)

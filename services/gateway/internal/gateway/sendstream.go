@@ -8,12 +8,12 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	gatewayv1 "github.com/heraldchat/herald/proto/herald/gateway/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
@@ -211,9 +211,7 @@ func (ss *sendStream) startSpan(in *gatewayv1.SendStreamRequest) (context.Contex
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 	parent := context.Background()
 	if tp := in.GetTraceparent(); tp != "" {
-		parent = otel.GetTextMapPropagator().Extract(parent, propagation.MapCarrier{
-			"traceparent": tp, "tracestate": in.GetTracestate(),
-		})
+		parent = telemetry.ExtractTrace(parent, tp, in.GetTracestate())
 	}
 	if !trace.SpanContextFromContext(parent).IsValid() {
 		opts = append(opts, trace.WithNewRoot())

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 )
 
@@ -571,7 +572,7 @@ func (h *Host) logFailure(ctx context.Context, d *Delivery, adapter string, res 
 func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context.Context, trace.Span) {
 	var opts []trace.SpanStartOption
 	if d.GetTraceparent() != "" {
-		ctx = propagation.TraceContext{}.Extract(ctx, deliveryCarrier{d})
+		ctx = propagation.TraceContext{}.Extract(ctx, &telemetry.TraceFields{Parent: d.GetTraceparent(), State: d.GetTracestate()})
 	}
 	if !trace.SpanContextFromContext(ctx).IsRemote() {
 		// No message trace: do not hang the attempt under the stream's
@@ -589,21 +590,3 @@ func startSpan(ctx context.Context, d *pluginsv1.Delivery, name string) (context
 	}
 	return ctx, span
 }
-
-// deliveryCarrier reads a delivery's trace context for the propagator
-// without building a map for each attempt.
-type deliveryCarrier struct{ d *pluginsv1.Delivery }
-
-func (c deliveryCarrier) Get(key string) string {
-	switch key {
-	case "traceparent":
-		return c.d.GetTraceparent()
-	case "tracestate":
-		return c.d.GetTracestate()
-	}
-	return ""
-}
-
-func (deliveryCarrier) Set(string, string) {}
-
-func (deliveryCarrier) Keys() []string { return []string{"traceparent", "tracestate"} }

@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 )
@@ -161,7 +162,7 @@ func (d *dispatcher) dispatch(l *trackerv1.Lease) {
 }
 
 // send hands j to the plugin host on the current stream.
-func (d *dispatcher) send(j *job, carrier traceFields) {
+func (d *dispatcher) send(j *job, carrier telemetry.TraceFields) {
 	l, m := j.lease, j.lease.GetMessage()
 	d.mu.Lock()
 	if !j.reconcile && d.aborts.has(m.GetId()) {

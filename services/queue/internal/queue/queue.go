@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	pluginsv1 "github.com/heraldchat/herald/proto/herald/plugins/v1"
 	queuev1 "github.com/heraldchat/herald/proto/herald/queue/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
@@ -591,9 +592,9 @@ func (q *Queue) Status(ctx context.Context, _ *queuev1.StatusRequest) (*queuev1.
 // startAttempt opens the attempt's span (or a reconcile's) as a child of
 // the trace stored with the message, so every attempt, after any restart,
 // joins the message's trace.
-func (q *Queue) startAttempt(l *trackerv1.Lease) (trace.Span, traceFields) {
+func (q *Queue) startAttempt(l *trackerv1.Lease) (trace.Span, telemetry.TraceFields) {
 	m := l.GetMessage()
-	parent := otel.GetTextMapPropagator().Extract(context.Background(), &traceFields{Parent: m.GetTraceparent(), State: m.GetTracestate()})
+	parent := telemetry.ExtractTrace(context.Background(), m.GetTraceparent(), m.GetTracestate())
 	name := "queue.attempt"
 	if l.GetDelivery().GetReconciling() {
 		name = "queue.reconcile"
@@ -608,36 +609,10 @@ func (q *Queue) startAttempt(l *trackerv1.Lease) (trace.Span, traceFields) {
 			attribute.Int64("herald.attempt", int64(l.GetDelivery().GetAttempts())),
 		)
 	}
-	var out traceFields
-	otel.GetTextMapPropagator().Inject(ctx, &out)
+	var out telemetry.TraceFields
+	out.Parent, out.State = telemetry.InjectTrace(ctx)
 	return span, out
 }
-
-// traceFields carries a trace context in the two fields a message and a
-// delivery have for it, for the propagator, without a map per attempt.
-// Other keys (baggage) are dropped: the wire has no field for them.
-type traceFields struct{ Parent, State string }
-
-func (c *traceFields) Get(key string) string {
-	switch key {
-	case "traceparent":
-		return c.Parent
-	case "tracestate":
-		return c.State
-	}
-	return ""
-}
-
-func (c *traceFields) Set(key, value string) {
-	switch key {
-	case "traceparent":
-		c.Parent = value
-	case "tracestate":
-		c.State = value
-	}
-}
-
-func (c *traceFields) Keys() []string { return []string{"traceparent", "tracestate"} }
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

@@ -5,12 +5,11 @@ import (
 	"strings"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/heraldchat/herald/pkg/telemetry"
 	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 )
@@ -72,10 +71,8 @@ func (s *Service) startChunkSpan(replyID string, index uint32, m *storev1.Messag
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: call}))
 	}
 	ctx, span := s.tracer.Start(parent, "reply.chunk", opts...)
-	carrier := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, carrier)
-	if tp := carrier.Get("traceparent"); tp != "" {
-		m.Traceparent, m.Tracestate = tp, carrier.Get("tracestate")
+	if tp, ts := telemetry.InjectTrace(ctx); tp != "" {
+		m.Traceparent, m.Tracestate = tp, ts
 	}
 	return span
 }
@@ -128,9 +125,7 @@ func (s *Service) traceAccept(m *storev1.Message, err error, start, end time.Tim
 
 // remoteParent is the span context a stored W3C trace context names.
 func remoteParent(traceparent, tracestate string) context.Context {
-	return otel.GetTextMapPropagator().Extract(context.Background(), propagation.MapCarrier{
-		"traceparent": traceparent, "tracestate": tracestate,
-	})
+	return telemetry.ExtractTrace(context.Background(), traceparent, tracestate)
 }
 
 // sampled reports whether a W3C traceparent ("00-<trace>-<span>-<flags>")
