@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldchat/herald/pkg/grpcserver"
+	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 	"github.com/heraldchat/herald/services/tracker/internal/tracker"
@@ -90,4 +92,17 @@ func StartWith(t testing.TB, o Options) string {
 		st.Close()
 	})
 	return srv.Addr()
+}
+
+// AcceptOne accepts a message for the mock channel into a conversation of
+// its own through tc, and returns its id.
+func AcceptOne(ctx context.Context, t testing.TB, tc trackerv1.TrackerServiceClient) string {
+	t.Helper()
+	id := ulid.Make().String()
+	if _, err := tc.Accept(ctx, &trackerv1.AcceptRequest{Message: &storev1.Message{
+		Id: id, Tenant: "t1", Channel: "mock", Recipient: "ok", Conversation: "c-" + id, Text: "hi",
+	}}); err != nil {
+		t.Fatalf("trackertest: accept: %v", err)
+	}
+	return id
 }

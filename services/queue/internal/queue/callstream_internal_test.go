@@ -8,13 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/tracker/trackertest"
 )
@@ -58,16 +56,6 @@ func callers(tc trackerv1.TrackerServiceClient) (*streamCaller[trackerv1.LeaseRe
 		&streamCaller[trackerv1.CompleteRequest, trackerv1.CompleteResponse]{method: "Complete", open: tc.CompleteStream, unary: tc.Complete, noStream: new(atomic.Bool), log: log}
 }
 
-func accept(ctx context.Context, t *testing.T, tc trackerv1.TrackerServiceClient) {
-	t.Helper()
-	id := ulid.Make().String()
-	if _, err := tc.Accept(ctx, &trackerv1.AcceptRequest{Message: &storev1.Message{
-		Id: id, Tenant: "t1", Channel: "mock", Recipient: "ok", Conversation: "c-" + id, Text: "hi",
-	}}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // leaseAndDeliver leases one message through leases and reports it
 // delivered through completes.
 func leaseAndDeliver(ctx context.Context, t *testing.T, leases *streamCaller[trackerv1.LeaseRequest, trackerv1.LeaseResponse], completes *streamCaller[trackerv1.CompleteRequest, trackerv1.CompleteResponse]) {
@@ -97,7 +85,7 @@ func TestLeasesAndOutcomesShareOneStreamEach(t *testing.T) {
 	defer leases.close()
 	defer completes.close()
 	for range 5 {
-		accept(ctx, t, tc)
+		trackertest.AcceptOne(ctx, t, tc)
 		leaseAndDeliver(ctx, t, leases, completes)
 	}
 	if a, b, c, d := n.leaseStreams.Load(), n.completeStreams.Load(), n.unaryLeases.Load(), n.unaryCompletes.Load(); a != 1 || b != 1 || c != 0 || d != 0 {
@@ -111,7 +99,7 @@ func TestLeasesAndOutcomesShareOneStreamEach(t *testing.T) {
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("lease past its deadline: %v, want DEADLINE_EXCEEDED", err)
 	}
-	accept(ctx, t, tc)
+	trackertest.AcceptOne(ctx, t, tc)
 	leaseAndDeliver(ctx, t, leases, completes)
 	if a := n.leaseStreams.Load(); a != 2 {
 		t.Fatalf("%d lease streams after a call timed out; want 2 (the cut one and a new one)", a)
@@ -153,7 +141,7 @@ func TestCallsFallBackToUnaryWithoutTheStreams(t *testing.T) {
 	defer cancel()
 	leases, completes := callers(tc)
 	for range 3 {
-		accept(ctx, t, real)
+		trackertest.AcceptOne(ctx, t, real)
 		leaseAndDeliver(ctx, t, leases, completes)
 	}
 	if a, b, c, d := n.leaseStreams.Load(), n.completeStreams.Load(), n.unaryLeases.Load(), n.unaryCompletes.Load(); a != 1 || b != 1 || c != 3 || d != 3 {

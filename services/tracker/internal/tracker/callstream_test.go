@@ -7,17 +7,16 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/oklog/ulid/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/heraldchat/herald/pkg/grpcserver"
-	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/tracker/internal/store"
 	"github.com/heraldchat/herald/services/tracker/internal/tracker"
+	"github.com/heraldchat/herald/services/tracker/trackertest"
 )
 
 // serveTracker serves svc's tracker in-process until the test ends and
@@ -52,18 +51,6 @@ func serveTracker(t *testing.T) (*tracker.Service, trackerv1.TrackerServiceClien
 	return svc, trackerv1.NewTrackerServiceClient(conn)
 }
 
-// acceptOne accepts a message into its own conversation and returns its id.
-func acceptOne(ctx context.Context, t *testing.T, tc trackerv1.TrackerServiceClient) string {
-	t.Helper()
-	id := ulid.Make().String()
-	if _, err := tc.Accept(ctx, &trackerv1.AcceptRequest{Message: &storev1.Message{
-		Id: id, Tenant: "t1", Channel: "mock", Recipient: "ok", Conversation: "c-" + id, Text: "hi",
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
 func leaseRequest(max uint32) *trackerv1.LeaseRequest {
 	return &trackerv1.LeaseRequest{Worker: "test", Max: max, LeaseDurationMs: 60_000, WaitMs: 50}
 }
@@ -85,7 +72,7 @@ func TestCallStreamsAnswerInOrderAsTheUnaryCalls(t *testing.T) {
 	defer cancel()
 	want := map[string]bool{}
 	for range 3 {
-		want[acceptOne(ctx, t, tc)] = true
+		want[trackertest.AcceptOne(ctx, t, tc)] = true
 	}
 	leases, err := tc.LeaseStream(ctx)
 	if err != nil {
@@ -145,7 +132,7 @@ func TestShutdownEndsLeaseStreamsAtOnceAndCompleteStreamsAfterTheDrain(t *testin
 	svc, tc := serveTracker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	acceptOne(ctx, t, tc)
+	trackertest.AcceptOne(ctx, t, tc)
 	leases, err := tc.LeaseStream(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -5,11 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	storev1 "github.com/heraldchat/herald/proto/herald/store/v1"
 	trackerv1 "github.com/heraldchat/herald/proto/herald/tracker/v1"
 	"github.com/heraldchat/herald/services/tracker/trackertest"
 )
@@ -23,12 +21,7 @@ func TestLeaseAnswersAtOnceWhenOnlySlotsHoldWorkBack(t *testing.T) {
 	tc := startTracker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	id := ulid.Make().String()
-	if _, err := tc.Accept(ctx, &trackerv1.AcceptRequest{Message: &storev1.Message{
-		Id: id, Tenant: "t1", Channel: "mock", Recipient: "ok", Conversation: "c1", Text: "hi",
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	id := trackertest.AcceptOne(ctx, t, tc)
 	lease := func(slots map[string]uint32) (*trackerv1.LeaseResponse, time.Duration) {
 		t.Helper()
 		start := time.Now()
