@@ -119,6 +119,17 @@ func (h *heraldEnv) pids() []int {
 	return out
 }
 
+// byService names the CPU times of procCPU (by PID) by herald service.
+func (h *heraldEnv) byService(procCPU map[int]time.Duration) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, s := range harness.Services {
+		if cpu, ok := procCPU[h.c.PID(s)]; ok {
+			out[s] = cpu
+		}
+	}
+	return out
+}
+
 // setQueue starts or stops the queue (by its PID, SIGTERM).
 func (h *heraldEnv) setQueue(run bool) error {
 	switch {
@@ -148,6 +159,7 @@ func (h *heraldEnv) send(ctx context.Context, callers int, dur time.Duration) (s
 	if err != nil {
 		return sample{}, err
 	}
+	s.byService = h.byService(s.procCPU)
 	m1, err := h.scrape(ctx)
 	if err != nil {
 		return sample{}, err
@@ -289,6 +301,7 @@ func (h *heraldEnv) deliverAll(ctx context.Context, load func() (int, error)) (s
 	after := snapshot(pids)
 	s := sample{ops: sent, elapsed: elapsed, rssKiB: peakRSS(pids)}
 	s.selfCPU, s.srvCPU = since(before, after)
+	s.byService = h.byService(perProcess(before, after))
 	return s, nil
 }
 

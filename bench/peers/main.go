@@ -32,6 +32,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +42,13 @@ import (
 const natsVersion = "v2.15.2"
 
 // groups of subjects, for -only.
+// acceptKeys is how many keys the tracker store's Accept of a message
+// without an idempotency key writes (message, delivery, recovery-index
+// entry, conversation sequence, history entry, recipient entry, event,
+// counter): the raw Pebble row with that many keys per commit shows what
+// Pebble itself does with an Accept's keys, beside the store.
+const acceptKeys = 8
+
 var allGroups = []string{"pebble", "store", "skeleton", "rabbitmq", "nats", "herald"}
 
 type config struct {
@@ -308,11 +316,15 @@ func startSubjects(ctx context.Context, e *env, natsBin string, installErr map[s
 			subs = append(subs, subject{key: k, group: name, name: names[i], run: run})
 		}
 	}
-	group("pebble", []string{"pebble1", "pebble64"}, []string{"raw Pebble Sync @1", "raw Pebble Sync @64"},
+	group("pebble", []string{"pebble1", "pebble64", "pebble64k8"},
+		[]string{"raw Pebble Sync @1", "raw Pebble Sync @64", fmt.Sprintf("raw Pebble Sync @64, %d keys per commit", acceptKeys)},
 		func() ([]measure, func(), error) {
 			return []measure{
 				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "pebble", 1, d) },
 				func(ctx context.Context, d time.Duration) (sample, error) { return storeBench(ctx, e, "pebble", 64, d) },
+				func(ctx context.Context, d time.Duration) (sample, error) {
+					return storeBench(ctx, e, "pebble", 64, d, "-keys", strconv.Itoa(acceptKeys))
+				},
 			}, func() {}, nil
 		})
 	group("store", []string{"store1", "store64"}, []string{"tracker store Accept @1", "tracker store Accept @64"},

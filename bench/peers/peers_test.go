@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -111,5 +112,38 @@ func TestCountAndDurFormat(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
 		}
+	}
+}
+
+func TestByServiceTableIsCPUPerMessageMedians(t *testing.T) {
+	subjects := []subject{{key: "send64", name: "herald Send @64"}, {key: "rabbit64", name: "RabbitMQ @64"}}
+	kept := []round{
+		{samples: map[string]sample{
+			"send64":   {ops: 1000, byService: map[string]time.Duration{"gateway": 20 * time.Millisecond, "tracker": 40 * time.Millisecond}},
+			"rabbit64": {ops: 1000, srvCPU: time.Second},
+		}},
+		{samples: map[string]sample{
+			"send64": {ops: 2000, byService: map[string]time.Duration{"gateway": 60 * time.Millisecond, "tracker": 60 * time.Millisecond}},
+		}},
+		{samples: map[string]sample{
+			"send64": {ops: 1000, byService: map[string]time.Duration{"gateway": 25 * time.Millisecond, "tracker": 10 * time.Millisecond}},
+		}},
+	}
+	var b strings.Builder
+	printByService(&b, subjects, kept)
+	out := b.String()
+	// gateway: 20, 30, 25 µs per message → 25; tracker: 40, 30, 10 → 30;
+	// the queue and plugins did not run; RabbitMQ has no services.
+	want := "herald Send @64     25µs     30µs      -        -"
+	if !strings.Contains(out, want) {
+		t.Errorf("table:\n%s\nwant the row %q", out, want)
+	}
+	if strings.Contains(out, "RabbitMQ") {
+		t.Errorf("table:\n%s\nlists a subject without services", out)
+	}
+	b.Reset()
+	printByService(&b, subjects[1:], kept)
+	if b.Len() != 0 {
+		t.Errorf("with no herald subject printed %q, want nothing", b.String())
 	}
 }

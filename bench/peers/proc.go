@@ -123,6 +123,16 @@ func since(a, b usage) (self, servers time.Duration) {
 	return b.self - a.self, servers
 }
 
+// perProcess returns each server process's CPU time between a and b, by
+// PID; a process that appeared in between counts from zero.
+func perProcess(a, b usage) map[int]time.Duration {
+	out := make(map[int]time.Duration, len(b.proc))
+	for p, cpu := range b.proc {
+		out[p] = cpu - a.proc[p]
+	}
+	return out
+}
+
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

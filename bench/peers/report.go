@@ -171,6 +171,7 @@ acks/fsync: acknowledged writes per WAL fsync during the measurement (herald: Se
 Skeleton: separate processes (proxy and server re-executed from this binary), client in the harness.
 herald Send: %s.
 `, orDash(e.commitMetrics), sendMode(cfg))
+	printByService(w, subjects, kept)
 
 	fmt.Fprintf(w, "\ntargets (median of per-round values over %d kept rounds):\n", len(kept))
 	for _, t := range targets(e) {
@@ -214,7 +215,70 @@ herald Send: %s.
 		}
 		fmt.Fprintf(w, "%s  %.2f (rounds: %s)\n", verdict, m, strings.Join(per, " "))
 	}
+	if measured(subjects, "store64") && measured(subjects, "pebble64k8") {
+		fmt.Fprintf(w, "\ncontext, not a target (median of per-round ratios):\n")
+		fmt.Fprintf(w, "  %-66s %s\n", fmt.Sprintf("tracker store Accept@64 ÷ raw Pebble@64 with %d keys per commit", acceptKeys),
+			roundRatios(kept, throughputRatio("store64", "pebble64k8")))
+	}
 	compareBaseline(w, subjects, kept)
+}
+
+// roundRatios formats the median of value over the kept rounds, and each
+// round's.
+func roundRatios(kept []round, value func(round) (float64, bool)) string {
+	var vals []float64
+	var per []string
+	for _, rd := range kept {
+		if v, ok := value(rd); ok {
+			vals = append(vals, v)
+			per = append(per, strconv.FormatFloat(v, 'f', 2, 64))
+		}
+	}
+	if len(vals) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f (rounds: %s)", median(vals), strings.Join(per, " "))
+}
+
+// serviceOrder is the order of herald's services along a message's way.
+var serviceOrder = []string{"gateway", "tracker", "queue", "plugins"}
+
+// printByService prints, for each subject that knows its processes by
+// name (herald's rows), the servers' CPU per message by service: where
+// herald's srv CPU/msg goes, beside the brokers' single server process.
+func printByService(w io.Writer, subjects []subject, kept []round) {
+	rows := [][]string{append([]string{"subject"}, serviceOrder...)}
+	for _, sj := range subjects {
+		var ss []sample
+		for _, rd := range kept {
+			if smp, ok := rd.samples[sj.key]; ok && len(smp.byService) > 0 && smp.ops > 0 {
+				ss = append(ss, smp)
+			}
+		}
+		if len(ss) == 0 {
+			continue
+		}
+		r := []string{sj.name}
+		for _, svc := range serviceOrder {
+			vals := make([]float64, 0, len(ss))
+			for _, smp := range ss {
+				if cpu, ok := smp.byService[svc]; ok {
+					vals = append(vals, float64(cpu)/float64(smp.ops))
+				}
+			}
+			if len(vals) == 0 {
+				r = append(r, "-")
+				continue
+			}
+			r = append(r, dur(time.Duration(median(vals))))
+		}
+		rows = append(rows, r)
+	}
+	if len(rows) == 1 {
+		return
+	}
+	fmt.Fprintf(w, "\nherald's srv CPU/msg by service (medians over the kept rounds; \"-\": not running, as the queue in the Send rows):\n")
+	printTable(w, rows)
 }
 
 // compareBaseline prints herald ÷ the baseline build, each the median of

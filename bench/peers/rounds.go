@@ -19,6 +19,10 @@ type sample struct {
 	// selfCPU is the harness's CPU time (clients and in-process parts);
 	// srvCPU is the subject's server processes'.
 	selfCPU, srvCPU time.Duration
+	// procCPU is srvCPU by server process (PID); byService names them
+	// where the subject knows its processes' names (herald's services).
+	procCPU   map[int]time.Duration
+	byService map[string]time.Duration
 	// rssKiB is the peak RSS (VmHWM) summed over the subject's server
 	// processes; zero when it has none.
 	rssKiB int64
@@ -70,6 +74,7 @@ func measureLoop(ctx context.Context, pids []int, n int, dur time.Duration, op f
 	}
 	s := sample{ops: len(lat), elapsed: elapsed, rssKiB: peakRSS(pids)}
 	s.selfCPU, s.srvCPU = since(before, after)
+	s.procCPU = perProcess(before, after)
 	s.p50, s.p99 = load.Percentiles(lat)
 	return s, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -26,9 +27,10 @@ type storeResult struct {
 
 // storeBench runs herald-storebench once in a new process on a new folder:
 // subject "pebble" (raw pebble.Sync commits) or "store" (the tracker
-// store's Accept), writers concurrent writers for dur. Its CPU time and
-// peak RSS are the process's own; the harness only waits.
-func storeBench(ctx context.Context, e *env, subject string, writers int, dur time.Duration) (sample, error) {
+// store's Accept), writers concurrent writers for dur, with extra flags
+// (-keys). Its CPU time and peak RSS are the process's own; the harness
+// only waits.
+func storeBench(ctx context.Context, e *env, subject string, writers int, dur time.Duration, extra ...string) (sample, error) {
 	dir, err := tempDir(e.tmp, "store-")
 	if err != nil {
 		return sample{}, err
@@ -40,13 +42,13 @@ func storeBench(ctx context.Context, e *env, subject string, writers int, dur ti
 	}
 	ctx, cancel := context.WithTimeout(ctx, dur+2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(e.cfg.bin, "herald-storebench"),
-		"-subject", subject, "-writers", strconv.Itoa(writers), "-duration", dur.String(), "-dir", filepath.Join(dir, "db"))
+	args := append([]string{"-subject", subject, "-writers", strconv.Itoa(writers), "-duration", dur.String(), "-dir", filepath.Join(dir, "db")}, extra...)
+	cmd := exec.CommandContext(ctx, filepath.Join(e.cfg.bin, "herald-storebench"), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Run(); err != nil {
-		return sample{}, fmt.Errorf("herald-storebench -subject %s: %w (see %s)", subject, err, log.Name())
+		return sample{}, fmt.Errorf("herald-storebench %s: %w (see %s)", strings.Join(args[:2], " "), err, log.Name())
 	}
 	var r storeResult
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {

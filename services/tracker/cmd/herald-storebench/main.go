@@ -9,8 +9,11 @@
 //
 // Subjects: store makes each write a store.Accept of a new 256-byte message
 // (a new conversation each, as Send with no conversation does); pebble is a
-// 256-byte pebble.Set with pebble.Sync under default options. DIR must not
-// hold another store; the caller removes it.
+// 256-byte pebble.Set with pebble.Sync under default options, or with
+// -keys N a batch of N keys committed with pebble.Sync (the 256-byte value
+// and N-1 30-byte ones, each key in a range of its own, as an Accept's keys
+// are in their families): what Pebble itself does with an Accept's number
+// of keys. DIR must not hold another store; the caller removes it.
 package main
 
 import (
@@ -43,8 +46,10 @@ func main() {
 
 // Result is the JSON line printed on stdout.
 type Result struct {
-	Subject string  `json:"subject"`
-	Writers int     `json:"writers"`
+	Subject string `json:"subject"`
+	Writers int    `json:"writers"`
+	// Keys is how many keys each raw Pebble commit writes (-keys).
+	Keys    int     `json:"keys,omitempty"`
 	Ops     int     `json:"ops"`
 	Seconds float64 `json:"seconds"`
 	P50ns   int64   `json:"p50_ns"`
@@ -65,6 +70,7 @@ func run(args []string) error {
 	dur := fs.Duration("duration", 2500*time.Millisecond, "measuring time")
 	dir := fs.String("dir", "", "empty folder for the store (required)")
 	size := fs.Int("size", 256, "payload bytes")
+	keys := fs.Int("keys", 1, "pebble: keys per commit, the payload under one and 30-byte values under the others, each in a key range of its own (a store Accept writes 8)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurement to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -76,6 +82,10 @@ func run(args []string) error {
 		return fmt.Errorf("-writers=%d: give at least 1", *writers)
 	case *dur <= 0 || *dur > 10*time.Minute:
 		return fmt.Errorf("-duration=%s: give a duration between 0 and 10m", *dur)
+	case *keys < 1 || *keys > 26:
+		return fmt.Errorf("-keys=%d: give 1 to 26", *keys)
+	case *keys > 1 && *subject != "pebble":
+		return fmt.Errorf("-keys=%d: only the pebble subject takes it (the store writes what an Accept writes)", *keys)
 	}
 	payload := strings.Repeat("x", *size)
 
@@ -108,9 +118,25 @@ func run(args []string) error {
 		closer = db.Close
 		fsyncs = func() uint64 { return store.WALFsyncs(db.Metrics()) }
 		val := []byte(payload)
+		small := []byte(strings.Repeat("y", 30))
 		var n atomic.Uint64
 		write = func() error {
-			return db.Set(fmt.Appendf(nil, "k%016d", n.Add(1)), val, pebble.Sync)
+			i := n.Add(1)
+			if *keys == 1 {
+				return db.Set(fmt.Appendf(nil, "k%016d", i), val, pebble.Sync)
+			}
+			b := db.NewBatch()
+			defer b.Close()
+			for k := range *keys {
+				v := small
+				if k == 0 {
+					v = val
+				}
+				if err := b.Set(fmt.Appendf(nil, "%c%016d", 'a'+k, i), v, nil); err != nil {
+					return err
+				}
+			}
+			return b.Commit(pebble.Sync)
 		}
 	default:
 		return fmt.Errorf("-subject=%q: give store or pebble", *subject)
@@ -133,6 +159,9 @@ func run(args []string) error {
 	p50, p99 := load.Percentiles(lat)
 	r := Result{Subject: *subject, Writers: *writers, Ops: len(lat), Seconds: elapsed.Seconds(),
 		WALFsyncs: f1 - f0, CPUSeconds: cpu1 - cpu0, VmHWMKiB: vmHWM(), P50ns: int64(p50), P99ns: int64(p99)}
+	if *subject == "pebble" {
+		r.Keys = *keys
+	}
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
