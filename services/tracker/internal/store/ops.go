@@ -217,8 +217,8 @@ type Leased struct {
 // under a new lease token (Delivery.Reconciling tells them apart). slots
 // limits channels (a channel absent from slots is limited by max only). The
 // whole lease batch is one commit, which shares the next synced commit's
-// fsync (commitShared): Lease returns once it is durable. An empty result
-// is not an error: wait on DueSignal and call again.
+// fsync (commitSharedThenUnlock): Lease returns once it is durable. An
+// empty result is not an error: wait on DueSignal and call again.
 func (s *Store) Lease(worker string, max int, leaseFor time.Duration, slots map[string]uint32, reconcile bool) ([]Leased, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
@@ -379,8 +379,8 @@ type Applied struct {
 }
 
 // Complete records outcomes in one batch, which shares the next synced
-// commit's fsync (commitShared): it returns once the batch is durable.
-// Each is a compare-and-set
+// commit's fsync (commitSharedThenUnlock): it returns once the batch is
+// durable. Each is a compare-and-set
 // on its lease: a delivery result on (IN_FLIGHT, lease token), a reconcile
 // result on (UNKNOWN under a reconcile lease, lease token). A stale,
 // repeated or mismatched outcome is not applied and changes nothing, so a

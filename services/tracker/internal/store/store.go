@@ -143,7 +143,7 @@ type Store struct {
 	events sequencer
 	index  *memIndex
 	// syncs tells a batch committed without an fsync when a later one has
-	// made it durable (commitShared).
+	// made it durable (commitSharedThenUnlock).
 	syncs      syncShare
 	shareDelay time.Duration // Options.SyncShareDelay
 	// active holds each conversation's non-terminal messages (activeSets).

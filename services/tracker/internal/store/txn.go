@@ -253,35 +253,28 @@ func (t *txn) commit() {
 	t.apply()
 }
 
-// commitShared commits the batch without an fsync of its own (see
-// syncShare) and applies its recovery-index and memory edits, as commit
-// does; durable waits until a later fsync has made the batch durable, then
-// publishes its events. The caller releases its stripe locks before it
-// calls durable, so that the commits it waits for (an Accept into one of
-// its conversations, say) are not waiting for it, and answers nobody
-// before durable returns. Until then, a read may see the batch's writes,
-// and any synced commit made after them makes them durable with it.
-func (t *txn) commitShared() (durable func()) {
-	if t.s.shareDelay < 0 { // sharing off: a synced commit of its own
+// commitSharedThenUnlock commits the batch without an fsync of its own
+// (see syncShare) and applies its recovery-index and memory edits, as
+// commit does; then it releases the caller's stripe locks (unlock) and
+// waits until a later fsync has made the batch durable, and publishes its
+// events. The locks go first so that the commits it waits for (an Accept
+// into one of its conversations, say) are not waiting for it; the caller
+// answers nobody before it returns. Until then, a read may see the batch's
+// writes, and any synced commit made after them makes them durable with
+// it. With sharing off it is a synced commit of its own, then the unlock.
+func (t *txn) commitSharedThenUnlock(unlock func()) {
+	if t.s.shareDelay < 0 {
 		t.commit()
-		return func() {}
+		unlock()
+		return
 	}
 	start := time.Now()
 	first := t.seal()
 	need := t.s.commitUnsynced(t.b)
 	t.apply()
-	return func() {
-		t.s.awaitSync(need, start)
-		t.s.events.publish(first, len(t.events))
-	}
-}
-
-// commitSharedThenUnlock commits as commitShared, releases the caller's
-// stripe locks (unlock), then returns once the batch is durable.
-func (t *txn) commitSharedThenUnlock(unlock func()) {
-	durable := t.commitShared()
 	unlock()
-	durable()
+	t.s.awaitSync(need, start)
+	t.s.events.publish(first, len(t.events))
 }
 
 // seal writes the batch's events, delivery records and counter deltas
