@@ -147,3 +147,14 @@ func TestByServiceTableIsCPUPerMessageMedians(t *testing.T) {
 		t.Errorf("with no herald subject printed %q, want nothing", b.String())
 	}
 }
+
+func TestRoundRatiosSkipRoundsWithoutTheValue(t *testing.T) {
+	kept := []round{{n: 1}, {n: 2}, {n: 3}, {n: 4}}
+	value := func(rd round) (float64, bool) { return float64(rd.n) / 2, rd.n != 3 }
+	if got, want := roundRatios(kept, value), "1.00 (rounds: 0.50 1.00 2.00)"; got != want {
+		t.Errorf("roundRatios = %q, want %q", got, want)
+	}
+	if got := roundRatios(kept, func(round) (float64, bool) { return 0, false }); got != "-" {
+		t.Errorf("roundRatios with no round = %q, want -", got)
+	}
+}

@@ -117,8 +117,8 @@ func snapshot(pids []int) usage {
 // since returns the harness's and the servers' CPU time between a and b. A
 // process that appeared in between counts from zero.
 func since(a, b usage) (self, servers time.Duration) {
-	for p, cpu := range b.proc {
-		servers += cpu - a.proc[p]
+	for _, cpu := range perProcess(a, b) {
+		servers += cpu
 	}
 	return b.self - a.self, servers
 }

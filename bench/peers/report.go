@@ -192,14 +192,7 @@ herald Send: %s.
 				continue
 			}
 		}
-		var vals []float64
-		var per []string
-		for _, rd := range kept {
-			if v, ok := t.value(rd); ok {
-				vals = append(vals, v)
-				per = append(per, strconv.FormatFloat(v, 'f', 2, 64))
-			}
-		}
+		vals, per := roundValues(kept, t.value)
 		if len(vals) == 0 {
 			fmt.Fprintln(w, "skipped: no round measured it")
 			continue
@@ -223,17 +216,22 @@ herald Send: %s.
 	compareBaseline(w, subjects, kept)
 }
 
-// roundRatios formats the median of value over the kept rounds, and each
-// round's.
-func roundRatios(kept []round, value func(round) (float64, bool)) string {
-	var vals []float64
-	var per []string
+// roundValues returns value in each kept round that has it, and each
+// formatted.
+func roundValues(kept []round, value func(round) (float64, bool)) (vals []float64, per []string) {
 	for _, rd := range kept {
 		if v, ok := value(rd); ok {
 			vals = append(vals, v)
 			per = append(per, strconv.FormatFloat(v, 'f', 2, 64))
 		}
 	}
+	return vals, per
+}
+
+// roundRatios formats the median of value over the kept rounds, and each
+// round's.
+func roundRatios(kept []round, value func(round) (float64, bool)) string {
+	vals, per := roundValues(kept, value)
 	if len(vals) == 0 {
 		return "-"
 	}
@@ -289,22 +287,14 @@ func compareBaseline(w io.Writer, subjects []subject, kept []round) {
 		return
 	}
 	ratio := func(a, b string, f func(sample) float64) string {
-		var vals []float64
-		for _, rd := range kept {
+		return roundRatios(kept, func(rd round) (float64, bool) {
 			x, okx := rd.samples[a]
 			y, oky := rd.samples[b]
-			if okx && oky && f(y) > 0 {
-				vals = append(vals, f(x)/f(y))
+			if !okx || !oky || f(y) <= 0 {
+				return 0, false
 			}
-		}
-		if len(vals) == 0 {
-			return "-"
-		}
-		per := make([]string, len(vals))
-		for i, v := range vals {
-			per[i] = strconv.FormatFloat(v, 'f', 2, 64)
-		}
-		return fmt.Sprintf("%.2f (rounds: %s)", median(vals), strings.Join(per, " "))
+			return f(x) / f(y), true
+		})
 	}
 	p50 := func(s sample) float64 { return float64(s.p50) }
 	rate := func(s sample) float64 { return s.rate() }
